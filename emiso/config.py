@@ -1,0 +1,162 @@
+"""Engine configuration: defaults per user, an optional TOML file, command-line options."""
+
+import os
+import sys
+import tomllib
+from typing import Any
+
+import attrs
+
+#: The configuration file read when C{--config} is not given and it exists.
+DEFAULT_CONFIG_FILE = "/etc/emiso/emiso.toml"
+
+#: Where the engine listens without C{--listen}: plain HTTP on loopback,
+#: Docker's unencrypted port.
+DEFAULT_LISTEN = "tcp:2375:interface=127.0.0.1"
+
+#: The agency backends the driver knows.
+AGENCY_BACKENDS = ("sim",)
+
+#: Default time limits of agency operations, in seconds. Booting an ME
+#: (finalize) and snapshots take longest.
+DEFAULT_TIMEOUTS = {
+    "hello": 10.0,
+    "list": 10.0,
+    "inject": 30.0,
+    "finalize": 60.0,
+    "initialize": 30.0,
+    "terminate": 30.0,
+    "read_snapshot": 60.0,
+    "write_snapshot": 60.0,
+}
+
+
+class ConfigError(Exception):
+    """The configuration file or an option is invalid."""
+
+
+@attrs.define
+class Config:
+    """
+    The resolved engine configuration.
+    """
+
+    data_dir: str
+    image_dir: str
+    listen: list[str]
+    agency: str = "sim"
+    secure: bool = False
+    interactive: bool = False
+    experimental: bool = False
+    max_body_size: int = 256 * 1024 * 1024
+    driver_command: list[str] | None = None
+    timeouts: dict[str, float] = attrs.Factory(lambda: dict(DEFAULT_TIMEOUTS))
+    install_samples: bool = True
+
+    def driver_argv(self) -> list[str]:
+        """
+        Return the command line of the agency driver process.
+        """
+        if self.driver_command:
+            return list(self.driver_command)
+        return [
+            sys.executable,
+            "-m",
+            "emiso.agency.driver",
+            "--backend",
+            self.agency,
+            "--state-dir",
+            os.path.join(self.data_dir, "agency"),
+        ]
+
+
+def default_data_dir() -> str:
+    """
+    Return the default data folder: C{/var/lib/emiso} as root, else
+    C{$XDG_DATA_HOME/emiso} (C{~/.local/share/emiso}).
+    """
+    if os.geteuid() == 0:
+        return "/var/lib/emiso"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(base, "emiso")
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """
+    Read a TOML configuration file.
+
+    @raise ConfigError: the file cannot be read or is not valid TOML.
+    """
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read the configuration file {path}: {error.strerror}")
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"invalid configuration file {path}: {error}")
+
+
+def resolve(options: dict[str, Any]) -> Config:
+    """
+    Build the configuration from the command-line options, the
+    configuration file and the defaults, in that order of precedence.
+
+    @param options: option name to value; C{None} means not given.
+    """
+    path = options.get("config")
+    file_values: dict[str, Any] = {}
+    if path:
+        file_values = read_config_file(path)
+    elif os.path.exists(DEFAULT_CONFIG_FILE):
+        file_values = read_config_file(DEFAULT_CONFIG_FILE)
+    engine_values = dict(file_values.get("engine", {}))
+    unknown = set(file_values) - {"engine", "timeouts"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) in the configuration file: {sorted(unknown)}")
+
+    def pick(name: str, default: Any) -> Any:
+        value = options.get(name)
+        if value is not None and value != []:
+            return value
+        return engine_values.pop(name.replace("_", "-"), default)
+
+    data_dir = os.path.abspath(os.path.expanduser(pick("data_dir", default_data_dir())))
+    image_dir = pick("image_dir", None)
+    image_dir = os.path.abspath(os.path.expanduser(image_dir or os.path.join(data_dir, "images")))
+    listen = pick("listen", None) or [DEFAULT_LISTEN]
+    if isinstance(listen, str):
+        listen = [listen]
+    agency = pick("agency", "sim")
+    if agency not in AGENCY_BACKENDS:
+        raise ConfigError(
+            f"unknown agency backend {agency!r}; available: {', '.join(AGENCY_BACKENDS)}"
+        )
+    experimental = bool(pick("experimental", False))
+    max_body_size = int(pick("max_body_size", 256 * 1024 * 1024))
+    driver_command = pick("driver_command", None)
+    if isinstance(driver_command, str):
+        driver_command = driver_command.split()
+    timeouts = dict(DEFAULT_TIMEOUTS)
+    for name, value in file_values.get("timeouts", {}).items():
+        if name not in DEFAULT_TIMEOUTS or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"invalid timeout {name} = {value!r}")
+        timeouts[name] = float(value)
+    if engine_values:
+        raise ConfigError(
+            f"unknown option(s) in the [engine] section: {sorted(engine_values)}"
+        )
+    return Config(
+        data_dir=data_dir,
+        image_dir=image_dir,
+        listen=list(listen),
+        agency=agency,
+        secure=bool(options.get("secure")),
+        interactive=bool(options.get("interactive")),
+        experimental=experimental,
+        max_body_size=max_body_size,
+        driver_command=driver_command,
+        timeouts=timeouts,
+        install_samples=agency == "sim",
+    )
