@@ -32,7 +32,7 @@ _ERROR_SCHEMA = {
     "additionalProperties": False,
 }
 
-# Statuses Docker answers although the 1.44 specification does not list them
+# Statuses Docker returns although the 1.44 specification does not list them
 # for every operation: 400 (logs without a stream), 409 (pause of a paused
 # container), 413 (body too large) and 501 (operation not possible for SO3
 # containers) carry an error body, 304 (start/stop with nothing to do) has no
