@@ -117,10 +117,11 @@ def resolve(options: dict[str, Any]) -> Config:
         raise ConfigError(f"unknown section(s) in the configuration file: {sorted(unknown)}")
 
     def pick(name: str, default: Any) -> Any:
+        from_file = engine_values.pop(name.replace("_", "-"), default)
         value = options.get(name)
         if value is not None and value != []:
             return value
-        return engine_values.pop(name.replace("_", "-"), default)
+        return from_file
 
     data_dir = os.path.abspath(os.path.expanduser(pick("data_dir", default_data_dir())))
     image_dir = pick("image_dir", None)
