@@ -1,0 +1,266 @@
+"""Simulated ME: a host process that plays an SO3 Mobile Entity for the sim agency.
+
+The process stops itself (SIGSTOP) as soon as it starts, so an injected ME
+is loaded but not running until the agency sends SIGCONT (finalize). It
+then prints a boot banner to its console log, waits its boot delay and
+prints C{heartbeat N} every period. It writes its state and heartbeat
+counter to a status file after every change, so the agency can read them
+while the process is frozen. SIGTERM shuts it down cleanly (exit status 0).
+
+Exit statuses: 0 after a shutdown (SIGTERM or C{--exit-after-ms}), 1 after
+a simulated kernel panic (C{--crash-after-ms}), 2 on bad arguments.
+"""
+
+import argparse
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+MIB = 1024 * 1024
+
+# A frozen process sees a long gap between two clock readings; the ME's own
+# clock advances by at most this much more than the planned sleep, so time
+# spent under SIGSTOP is not counted as ME running time.
+_MAX_OVERSLEEP = 0.1
+
+
+def format_console_line(stream: str, text: str, now_ns: int | None = None) -> str:
+    """
+    Format one console log line: a 30-character RFC 3339 UTC timestamp with
+    nanoseconds, the stream name (C{stdout} or C{stderr}) and the text.
+    """
+    if now_ns is None:
+        now_ns = time.time_ns()
+    seconds, nanoseconds = divmod(now_ns, 1_000_000_000)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{stamp}.{nanoseconds:09d}Z {stream} {text}\n"
+
+
+def write_json_atomically(path: str, value: dict) -> None:
+    """Write C{value} as JSON to a temporary file, then rename it over C{path}."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w", encoding="utf-8") as stream:
+        json.dump(value, stream)
+    os.replace(temporary, path)
+
+
+class SimulatedME:
+    """One simulated ME: its console, its status file and its main loop."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        self.options = options
+        self.counter = 0
+        self.uptime = 0.0
+        self.resumed = None
+        if options.resume:
+            with open(options.resume, encoding="utf-8") as stream:
+                self.resumed = json.load(stream)
+            self.counter = int(self.resumed["counter"])
+            self.uptime = float(self.resumed["uptime"])
+        self._terminate_requested = False
+        self._wakeup_read, wakeup_write = os.pipe()
+        os.set_blocking(self._wakeup_read, False)
+        os.set_blocking(wakeup_write, False)
+        signal.set_wakeup_fd(wakeup_write)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def print_line(self, text: str, stream: str = "stdout") -> None:
+        """Append one line to the console log and flush it."""
+        with open(self.options.log, "a", encoding="utf-8") as log:
+            log.write(format_console_line(stream, text))
+            log.flush()
+
+    def write_status(self, state: str, **extra) -> None:
+        """Record the ME state and heartbeat counter in the status file."""
+        status = {
+            "state": state,
+            "counter": self.counter,
+            "uptime": round(self.uptime, 3),
+            "pid": os.getpid(),
+        }
+        status.update(extra)
+        write_json_atomically(self.options.status, status)
+
+    def run(self) -> int:
+        """Run the ME until it shuts down or crashes; return the exit status."""
+        self.write_status("migrating" if self.resumed else "booting")
+        # Loaded but not running: the agency's finalize sends SIGCONT.
+        os.kill(os.getpid(), signal.SIGSTOP)
+        if self._terminate_requested:
+            return self.shut_down("terminated by the agency before boot")
+        if self.resumed:
+            self.print_line(
+                f"ME {self.options.name} resumed from snapshot in slot "
+                f"{self.options.slot} at heartbeat {self.counter}"
+            )
+        else:
+            self.boot()
+            if self._terminate_requested:
+                return self.shut_down("terminated by the agency during boot")
+        self.write_status("living")
+        self.print_line(f"ME is living, heartbeat every {self.options.heartbeat_ms} ms")
+        return self.live()
+
+    def boot(self) -> None:
+        """Print the boot banner, then wait the boot delay (state preparing)."""
+        options = self.options
+        banner = [
+            "SO3 Operating System -- EMISO simulated ME",
+            "This ME is a host process simulated by the EMISO engine; "
+            "it runs no SO3 code.",
+            f"ME name: {options.name}",
+            f"SPID: 0x{options.spid:016x}",
+            f"Slot: {options.slot}",
+            f"Memory: {options.size // MIB} MiB ({options.size} bytes)",
+            f"Image: {options.image}",
+        ]
+        for line in banner:
+            self.print_line(line)
+        self.write_status("preparing")
+        self.print_line(f"Booting, boot delay {options.boot_delay_ms} ms")
+        self.sleep(options.boot_delay_ms / 1000.0)
+
+    def live(self) -> int:
+        """Print heartbeats until SIGTERM, the exit time or the crash time."""
+        options = self.options
+        period = options.heartbeat_ms / 1000.0
+        lived = 0.0
+        until_beat = period
+        while True:
+            deadlines = [until_beat]
+            if options.crash_after_ms is not None:
+                deadlines.append(options.crash_after_ms / 1000.0 - lived)
+            if options.exit_after_ms is not None:
+                deadlines.append(options.exit_after_ms / 1000.0 - lived)
+            step = max(0.0, min(deadlines))
+            slept = self.sleep(step)
+            lived += slept
+            self.uptime += slept
+            until_beat -= slept
+            if self._terminate_requested:
+                return self.shut_down("terminated by the agency")
+            if (
+                options.crash_after_ms is not None
+                and lived >= options.crash_after_ms / 1000.0
+            ):
+                return self.panic()
+            if (
+                options.exit_after_ms is not None
+                and lived >= options.exit_after_ms / 1000.0
+            ):
+                return self.shut_down("shutting itself down")
+            if until_beat <= 0:
+                until_beat += period
+                self.counter += 1
+                # The status goes first: a snapshot taken between the two
+                # writes then never repeats a heartbeat number after resume.
+                self.write_status("living")
+                self.print_line(f"heartbeat {self.counter}")
+
+    def sleep(self, seconds: float) -> float:
+        """
+        Sleep until C{seconds} pass or a signal arrives; return the ME time spent.
+
+        Time spent frozen by SIGSTOP is not counted (see L{_MAX_OVERSLEEP}).
+        """
+        started = time.monotonic()
+        if seconds > 0:
+            readable, _, _ = select.select([self._wakeup_read], [], [], seconds)
+            if readable:
+                self._drain_wakeup()
+        elapsed = time.monotonic() - started
+        return min(elapsed, seconds + _MAX_OVERSLEEP)
+
+    def shut_down(self, why: str) -> int:
+        """Print the shutdown line, record state terminated; return status 0."""
+        self.print_line(
+            f"ME {self.options.name} in slot {self.options.slot}: {why}, halting"
+        )
+        self.write_status("terminated", exit_status=0)
+        return 0
+
+    def panic(self) -> int:
+        """Print a kernel panic line on stderr, record the crash; return status 1."""
+        message = (
+            f"Kernel panic - not syncing: simulated crash of ME {self.options.name} "
+            f"after {self.options.crash_after_ms} ms"
+        )
+        self.print_line(message, stream="stderr")
+        self.write_status("crashed", exit_status=1, reason=message)
+        return 1
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._terminate_requested = True
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wakeup_read, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """Parse the ME command line (the sim agency builds it)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m emiso.agency.sim.me",
+        description="Simulated SO3 Mobile Entity started by the EMISO sim agency.",
+    )
+    parser.add_argument("--slot", type=int, required=True, help="ME slot (2 to 6)")
+    parser.add_argument("--image", required=True, help="path of the ME's FIT image")
+    parser.add_argument("--log", required=True, help="console log file to append to")
+    parser.add_argument("--status", required=True, help="JSON status file to write")
+    parser.add_argument("--name", default="SOO.sim", help="ME name (me_name)")
+    parser.add_argument("--spid", type=int, default=0, help="ME SPID")
+    parser.add_argument("--size", type=int, default=0, help="ME memory size in bytes")
+    parser.add_argument(
+        "--boot-delay-ms", type=int, default=500, help="boot time in milliseconds"
+    )
+    parser.add_argument(
+        "--heartbeat-ms",
+        type=int,
+        default=1000,
+        help="heartbeat period in milliseconds",
+    )
+    parser.add_argument(
+        "--crash-after-ms",
+        type=int,
+        default=None,
+        help="panic (exit status 1) after this many milliseconds of living",
+    )
+    parser.add_argument(
+        "--exit-after-ms",
+        type=int,
+        default=None,
+        help="shut down (exit status 0) after this many milliseconds of living",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        help="JSON file with the saved context to resume from (counter, uptime)",
+    )
+    options = parser.parse_args(argv)
+    if options.heartbeat_ms <= 0:
+        parser.error(f"--heartbeat-ms must be positive, got {options.heartbeat_ms}")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of C{python -m emiso.agency.sim.me}."""
+    options = parse_arguments(sys.argv[1:] if argv is None else argv)
+    me = SimulatedME(options)
+    try:
+        return me.run()
+    except Exception as error:
+        # stdout and stderr are /dev/null: the console log is the only place
+        # where an unexpected failure can be seen.
+        me.print_line(f"simulated ME failed: {error!r}", stream="stderr")
+        me.write_status("crashed", exit_status=3, reason=repr(error))
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

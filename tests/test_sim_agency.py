@@ -1,0 +1,576 @@
+"""Tests for emiso.agency.sim.agency: the simulated agency with real ME processes."""
+
+import glob
+import json
+import os
+import re
+import signal
+import time
+import zipfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from emiso.agency.protocol import OperationError
+from emiso.agency.sim.agency import (
+    CHUNK_SIZE,
+    SimAgency,
+    chunk_count,
+    read_process_info,
+)
+from tests.fitbuilder import build_fit, build_me_dtb
+
+MIB = 1024 * 1024
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIGMEM_IMAGE = os.path.join(REPOSITORY, "tests", "images", "bigmem.itb")
+CONSOLE_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) .*$"
+)
+
+
+def write_image(directory, name, domain_size=16 * MIB, **faults):
+    """
+    Write a FIT image for a fast simulated ME and return its path.
+
+    Keyword arguments name C{emiso,sim-*} properties with underscores, e.g.
+    C{crash_after_ms=200}; boot delay and heartbeat default to 100 ms.
+    """
+    properties = {"boot_delay_ms": 100, "heartbeat_ms": 100}
+    properties.update(faults)
+    root_props = {
+        "emiso,sim-" + key.replace("_", "-"): value for key, value in properties.items()
+    }
+    me_dtb = build_me_dtb(me_name=f"SOO.{name}", domain_size=domain_size)
+    path = os.path.join(directory, f"{name}.itb")
+    with open(path, "wb") as stream:
+        stream.write(build_fit(me_dtb=me_dtb, root_props=root_props))
+    return path
+
+
+def wait_for(predicate, timeout=5.0, interval=0.02, what="condition"):
+    """Poll C{predicate} until it returns a true value; fail after C{timeout} s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_log_lines(path):
+    """Return the console log lines of an ME, or [] when there is no log yet."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return stream.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def log_contains(path, text):
+    """Return whether some console log line of C{path} contains C{text}."""
+    return any(text in line for line in read_log_lines(path))
+
+
+def read_counter(state_dir, slot):
+    """Return the heartbeat counter from the status file of the ME in C{slot}."""
+    path = os.path.join(state_dir, "run", f"{slot}.status.json")
+    with open(path, encoding="utf-8") as stream:
+        return json.load(stream)["counter"]
+
+
+def kill_me_processes(state_dir):
+    """SIGKILL every ME process recorded in the slot files of C{state_dir}."""
+    for path in glob.glob(os.path.join(state_dir, "slots", "*.json")):
+        try:
+            with open(path, encoding="utf-8") as stream:
+                record = json.load(stream)
+        except (OSError, ValueError):
+            continue
+        info = read_process_info(record["pid"])
+        if info is None or info.start_time != record["start_time"]:
+            continue
+        try:
+            os.kill(record["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def process_is_gone(pid):
+    """Return whether C{pid} no longer runs (absent or a zombie)."""
+    info = read_process_info(pid)
+    return info is None or info.state in ("Z", "X")
+
+
+class SimAgencyTestMixin:
+    """Temp state dir, image dir and a SimAgency whose MEs die at cleanup."""
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        self.state_dir = os.path.join(self.directory, "agency")
+        self.image_dir = os.path.join(self.directory, "images")
+        os.makedirs(self.image_dir)
+        self.agency = SimAgency(self.state_dir)
+        self.addCleanup(self.stop_all_mes)
+
+    def stop_all_mes(self):
+        kill_me_processes(self.state_dir)
+        # poll() reaps the killed children and removes their slot files.
+        wait_for(
+            lambda: self.agency.poll() is not None
+            and not glob.glob(os.path.join(self.state_dir, "slots", "*.json")),
+            what="the ME processes to exit",
+        )
+
+    def log_path(self, name="me"):
+        return os.path.join(self.directory, "containers", name, "console.log")
+
+    def inject_living(self, name="beat", **faults):
+        image = write_image(self.image_dir, name, **faults)
+        log = self.log_path(name)
+        reply = self.agency.inject(image=image, log=log, token=f"token-{name}")
+        self.agency.finalize(reply["slot"])
+        return reply["slot"], log
+
+    def slot_entry(self, agency, slot):
+        return agency.list_slots()["slots"][slot - 2]
+
+
+class ChunkCountTests(SynchronousTestCase):
+    """chunk_count rounds a domain size up to a power-of-two chunk count."""
+
+    def test_rounds_up_to_power_of_two(self):
+        cases = {
+            1: 1,
+            2 * MIB: 1,
+            2 * MIB + 1: 2,
+            5 * MIB: 4,
+            16 * MIB: 8,
+            300 * MIB: 256,
+        }
+
+        counts = {size: chunk_count(size) for size in cases}
+
+        self.assertEqual(counts, cases)
+
+
+class SimAgencyLifecycleTests(SimAgencyTestMixin, SynchronousTestCase):
+    """inject, finalize, initialize, terminate and list on real ME processes."""
+
+    def test_hello_describes_pool(self):
+        result = self.agency.hello()
+
+        self.assertEqual(result["backend"], "sim")
+        self.assertEqual(result["pool_chunks"], 256)
+        self.assertEqual(result["chunk_size"], CHUNK_SIZE)
+        self.assertEqual(result["pid"], os.getpid())
+
+    def test_inject_loads_stopped_me(self):
+        image = write_image(self.image_dir, "loaded")
+
+        reply = self.agency.inject(image=image, log=self.log_path(), token="c1")
+
+        self.assertEqual(reply, {"slot": 2, "state": "booting", "size": 16 * MIB})
+        entry = self.slot_entry(self.agency, 2)
+        self.assertEqual(entry["state"], "booting")
+        self.assertEqual(read_process_info(entry["pid"]).state, "T")
+        self.assertEqual(read_log_lines(self.log_path()), [])
+
+    def test_finalize_boots_to_living(self):
+        image = write_image(self.image_dir, "booter")
+        slot = self.agency.inject(image=image, log=self.log_path(), token="c1")["slot"]
+
+        reply = self.agency.finalize(slot)
+
+        self.assertEqual(reply, {"state": "living"})
+        self.assertEqual(self.slot_entry(self.agency, slot)["state"], "living")
+        wait_for(
+            lambda: log_contains(self.log_path(), "heartbeat 2"), what="heartbeat 2"
+        )
+        lines = read_log_lines(self.log_path())
+        self.assertIn("SO3 Operating System", lines[0])
+        self.assertTrue(log_contains(self.log_path(), "runs no SO3 code"))
+        self.assertTrue(log_contains(self.log_path(), "ME name: SOO.booter"))
+        self.assertTrue(log_contains(self.log_path(), "Slot: 2"))
+        self.assertTrue(log_contains(self.log_path(), "Memory: 16 MiB"))
+        for line in lines:
+            self.assertRegex(line, CONSOLE_LINE)
+
+    def test_list_reports_process_stats(self):
+        slot, log = self.inject_living("listed")
+
+        slots = self.agency.list_slots()["slots"]
+
+        self.assertEqual([entry["slot"] for entry in slots], [2, 3, 4, 5, 6])
+        entry = slots[0]
+        self.assertEqual(entry["state"], "living")
+        self.assertEqual(entry["name"], "SOO.listed")
+        self.assertEqual(entry["token"], "token-listed")
+        self.assertEqual(entry["log"], log)
+        self.assertEqual(entry["size"], 16 * MIB)
+        self.assertEqual(entry["image"], os.path.join(self.image_dir, "listed.itb"))
+        self.assertIsInstance(entry["cpu_seconds"], float)
+        self.assertGreater(entry["rss"], 0)
+        self.assertIsNotNone(read_process_info(entry["pid"]))
+        self.assertEqual(slots[1], {"slot": 3, "state": "dead"})
+
+    def test_initialize_freezes_counter(self):
+        slot, log = self.inject_living("frozen")
+        wait_for(lambda: read_counter(self.state_dir, slot) >= 1, what="heartbeat 1")
+
+        reply = self.agency.initialize(slot)
+        frozen_counter = read_counter(self.state_dir, slot)
+        time.sleep(0.5)
+
+        self.assertEqual(reply, {"state": "suspended"})
+        self.assertEqual(read_counter(self.state_dir, slot), frozen_counter)
+        self.assertEqual(self.slot_entry(self.agency, slot)["state"], "suspended")
+
+    def test_finalize_resumes_suspended(self):
+        slot, log = self.inject_living("resumed")
+        wait_for(lambda: read_counter(self.state_dir, slot) >= 1, what="heartbeat 1")
+        self.agency.initialize(slot)
+        frozen_counter = read_counter(self.state_dir, slot)
+
+        reply = self.agency.finalize(slot)
+
+        self.assertEqual(reply, {"state": "living"})
+        wait_for(
+            lambda: read_counter(self.state_dir, slot) > frozen_counter,
+            what="the counter to grow after resume",
+        )
+
+    def test_terminate_frees_slot(self):
+        slot, log = self.inject_living("stopped")
+        pid = self.slot_entry(self.agency, slot)["pid"]
+
+        reply = self.agency.terminate(slot)
+
+        self.assertEqual(reply, {"state": "dead", "exit_status": 0})
+        self.assertTrue(process_is_gone(pid))
+        self.assertEqual(
+            self.slot_entry(self.agency, slot), {"slot": slot, "state": "dead"}
+        )
+        self.assertTrue(log_contains(log, "terminated by the agency"))
+        self.assertEqual(glob.glob(os.path.join(self.state_dir, "slots", "*.json")), [])
+        self.assertEqual(self.agency.poll(), [])
+
+    def test_terminate_suspended_me(self):
+        slot, log = self.inject_living("paused")
+        self.agency.initialize(slot)
+
+        reply = self.agency.terminate(slot)
+
+        self.assertEqual(reply, {"state": "dead", "exit_status": 0})
+
+    def test_terminate_booting_me(self):
+        image = write_image(self.image_dir, "unbooted")
+        slot = self.agency.inject(image=image, log=self.log_path(), token="c1")["slot"]
+
+        reply = self.agency.terminate(slot)
+
+        self.assertEqual(reply, {"state": "dead", "exit_status": 0})
+        self.assertTrue(log_contains(self.log_path(), "before boot"))
+
+    def test_inject_invalid_image(self):
+        path = os.path.join(self.image_dir, "garbage.itb")
+        with open(path, "wb") as stream:
+            stream.write(b"not a device tree")
+
+        error = self.assertRaises(
+            OperationError, self.agency.inject, image=path, log=self.log_path()
+        )
+
+        self.assertEqual(error.kind, "invalid")
+        self.assertIn(path, error.message)
+
+
+class SimAgencyStateCheckTests(SimAgencyTestMixin, SynchronousTestCase):
+    """Wrong-state calls are rejected and never performed."""
+
+    def test_finalize_living_is_bad_state(self):
+        slot, log = self.inject_living("living")
+
+        error = self.assertRaises(OperationError, self.agency.finalize, slot)
+
+        self.assertEqual(error.kind, "bad_state")
+        self.assertIn("slot 2", error.message)
+        self.assertIn("living", error.message)
+        self.assertIn("finalize", error.message)
+
+    def test_initialize_booting_is_bad_state(self):
+        image = write_image(self.image_dir, "early")
+        slot = self.agency.inject(image=image, log=self.log_path(), token="c1")["slot"]
+
+        error = self.assertRaises(OperationError, self.agency.initialize, slot)
+
+        self.assertEqual(error.kind, "bad_state")
+        self.assertIn("booting", error.message)
+        self.assertEqual(self.slot_entry(self.agency, slot)["state"], "booting")
+
+    def test_read_snapshot_living_is_bad_state(self):
+        slot, log = self.inject_living("unsuspended")
+        path = os.path.join(self.directory, "snapshot.zip")
+
+        error = self.assertRaises(
+            OperationError, self.agency.read_snapshot, slot=slot, path=path
+        )
+
+        self.assertEqual(error.kind, "bad_state")
+        self.assertFalse(os.path.exists(path))
+
+    def test_empty_slot_is_not_found(self):
+        error = self.assertRaises(OperationError, self.agency.terminate, 4)
+
+        self.assertEqual(error.kind, "not_found")
+        self.assertIn("slot 4", error.message)
+
+    def test_slot_out_of_range_is_invalid(self):
+        for slot in (1, 7, "2", None):
+            error = self.assertRaises(OperationError, self.agency.finalize, slot)
+
+            self.assertEqual(error.kind, "invalid", f"slot {slot!r}")
+
+    def test_no_slot_after_five_mes(self):
+        image = write_image(self.image_dir, "many", domain_size=2 * MIB)
+        slots = [
+            self.agency.inject(image=image, log=self.log_path(f"m{n}"))["slot"]
+            for n in range(5)
+        ]
+
+        error = self.assertRaises(
+            OperationError, self.agency.inject, image=image, log=self.log_path("m5")
+        )
+
+        self.assertEqual(slots, [2, 3, 4, 5, 6])
+        self.assertEqual(error.kind, "no_slot")
+        self.assertIn("2 to 6", error.message)
+
+    def test_no_memory_for_oversized_me(self):
+        image = write_image(self.image_dir, "huge", domain_size=1024 * MIB)
+
+        error = self.assertRaises(
+            OperationError, self.agency.inject, image=image, log=self.log_path()
+        )
+
+        self.assertEqual(error.kind, "no_memory")
+        self.assertIn("1024 MiB", error.message)
+        self.assertIn("512 MiB", error.message)
+
+    def test_bigmem_fills_the_pool(self):
+        small = write_image(self.image_dir, "small")
+        big = self.agency.inject(image=BIGMEM_IMAGE, log=self.log_path("big"))
+
+        error = self.assertRaises(
+            OperationError, self.agency.inject, image=small, log=self.log_path("small")
+        )
+
+        self.assertEqual(big["size"], 512 * MIB)
+        self.assertEqual(error.kind, "no_memory")
+        self.assertIn("0 of 256 chunks", error.message)
+
+    def test_refused_initialize_keeps_living(self):
+        slot, log = self.inject_living("stubborn", refuse_migration=True)
+
+        error = self.assertRaises(OperationError, self.agency.initialize, slot)
+
+        self.assertEqual(error.kind, "refused")
+        self.assertEqual(self.slot_entry(self.agency, slot)["state"], "living")
+
+    def test_hang_image_calls_hang(self):
+        hung = []
+
+        class Hung(Exception):
+            pass
+
+        def hang(operation):
+            hung.append(operation)
+            raise Hung()
+
+        self.agency = SimAgency(self.state_dir, hang=hang)
+        image = write_image(self.image_dir, "hanger", hang="finalize")
+        slot = self.agency.inject(image=image, log=self.log_path(), token="c1")["slot"]
+
+        self.assertRaises(Hung, self.agency.finalize, slot)
+
+        self.assertEqual(hung, ["finalize"])
+        self.assertEqual(self.slot_entry(self.agency, slot)["state"], "booting")
+
+
+class SimAgencyMonitorTests(SimAgencyTestMixin, SynchronousTestCase):
+    """poll() reports MEs that exit on their own; state survives a new agency."""
+
+    def test_crash_emits_dead_event(self):
+        slot, log = self.inject_living("crasher", crash_after_ms=200)
+
+        events = wait_for(self.agency.poll, what="the crash event")
+
+        self.assertEqual(len(events), 1)
+        event = events[0]
+        self.assertEqual(event["event"], "me_state")
+        self.assertEqual(event["slot"], slot)
+        self.assertEqual(event["state"], "dead")
+        self.assertEqual(event["previous"], "living")
+        self.assertEqual(event["exit_status"], 1)
+        self.assertEqual(event["token"], "token-crasher")
+        self.assertIn("Kernel panic", event["reason"])
+        self.assertTrue(
+            any(" stderr Kernel panic" in line for line in read_log_lines(log))
+        )
+        self.assertEqual(
+            self.slot_entry(self.agency, slot), {"slot": slot, "state": "dead"}
+        )
+
+    def test_self_exit_emits_terminated_then_dead(self):
+        slot, log = self.inject_living("exiter", exit_after_ms=200)
+
+        events = wait_for(self.agency.poll, what="the exit events")
+
+        states = [(event["previous"], event["state"]) for event in events]
+        self.assertEqual(states, [("living", "terminated"), ("terminated", "dead")])
+        self.assertEqual(events[1]["exit_status"], 0)
+        self.assertEqual(
+            self.slot_entry(self.agency, slot), {"slot": slot, "state": "dead"}
+        )
+
+    def test_killed_me_reports_signal(self):
+        slot, log = self.inject_living("victim")
+        os.kill(self.slot_entry(self.agency, slot)["pid"], signal.SIGKILL)
+
+        events = wait_for(self.agency.poll, what="the dead event")
+
+        self.assertEqual(events[0]["exit_status"], 128 + signal.SIGKILL)
+        self.assertIn("SIGKILL", events[0]["reason"])
+
+    def test_new_agency_finds_living_me(self):
+        slot, log = self.inject_living("persistent")
+        first_entry = self.slot_entry(self.agency, slot)
+
+        second = SimAgency(self.state_dir)
+
+        entry = self.slot_entry(second, slot)
+        self.assertEqual(entry["state"], "living")
+        self.assertEqual(entry["pid"], first_entry["pid"])
+        self.assertEqual(entry["token"], "token-persistent")
+        self.assertEqual(second.poll(), [])
+
+    def test_new_agency_terminates_found_me(self):
+        slot, log = self.inject_living("adopted")
+        second = SimAgency(self.state_dir)
+
+        reply = second.terminate(slot)
+
+        self.assertEqual(reply, {"state": "dead", "exit_status": 0})
+
+    def test_new_agency_detects_vanished_me(self):
+        slot, log = self.inject_living("vanished")
+        pid = self.slot_entry(self.agency, slot)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: process_is_gone(pid), what="the ME to die")
+
+        second = SimAgency(self.state_dir)
+        events = second.poll()
+
+        self.assertEqual([event["state"] for event in events], ["dead"])
+        self.assertEqual(self.slot_entry(second, slot), {"slot": slot, "state": "dead"})
+
+
+class SimAgencySnapshotTests(SimAgencyTestMixin, SynchronousTestCase):
+    """read_snapshot and write_snapshot keep the ME's heartbeat counter."""
+
+    def take_snapshot(self, name="traveller", minimum_counter=3):
+        slot, log = self.inject_living(name)
+        wait_for(
+            lambda: read_counter(self.state_dir, slot) >= minimum_counter,
+            what=f"heartbeat {minimum_counter}",
+        )
+        self.agency.initialize(slot)
+        path = os.path.join(self.directory, f"{name}.zip")
+        self.agency.read_snapshot(slot=slot, path=path)
+        return slot, path
+
+    def test_snapshot_zip_has_one_entry(self):
+        slot, path = self.take_snapshot()
+
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            context = json.loads(archive.read("me"))
+
+        self.assertEqual(names, ["me"])
+        self.assertEqual(context["format"], "emiso-sim-snapshot")
+        self.assertEqual(context["version"], 1)
+        self.assertEqual(context["counter"], read_counter(self.state_dir, slot))
+        self.assertEqual(context["name"], "SOO.traveller")
+        self.assertEqual(len(context["image_sha256"]), 64)
+        self.assertEqual(self.slot_entry(self.agency, slot)["state"], "suspended")
+
+    def test_snapshot_round_trip_continues_counter(self):
+        slot, path = self.take_snapshot()
+        counter = read_counter(self.state_dir, slot)
+        new_log = self.log_path("copy")
+
+        written = self.agency.write_snapshot(path=path, log=new_log, token="copy")
+        new_slot = written["slot"]
+        finalized = self.agency.finalize(new_slot)
+
+        self.assertEqual(written, {"slot": 3, "state": "migrating"})
+        self.assertEqual(finalized, {"state": "living"})
+        wait_for(
+            lambda: log_contains(new_log, f"heartbeat {counter + 1}"),
+            what=f"heartbeat {counter + 1} after restore",
+        )
+        self.assertTrue(log_contains(new_log, "resumed from snapshot"))
+        self.assertNotIn(
+            "heartbeat 1", [line.split(" ", 2)[2] for line in read_log_lines(new_log)]
+        )
+        self.assertEqual(self.slot_entry(self.agency, new_slot)["token"], "copy")
+
+    def test_written_snapshot_waits_stopped(self):
+        slot, path = self.take_snapshot(minimum_counter=1)
+
+        written = self.agency.write_snapshot(path=path, log=self.log_path("copy"))
+
+        entry = self.slot_entry(self.agency, written["slot"])
+        self.assertEqual(entry["state"], "migrating")
+        self.assertEqual(read_process_info(entry["pid"]).state, "T")
+
+    def test_corrupt_snapshots_rejected(self):
+        slot, good = self.take_snapshot(minimum_counter=1)
+        with zipfile.ZipFile(good) as archive:
+            context = json.loads(archive.read("me"))
+        cases = {
+            "not a zip": None,
+            "two entries": {"me": json.dumps(context), "extra": "x"},
+            "wrong entry name": {"context": json.dumps(context)},
+            "not json": {"me": "{broken"},
+            "wrong format": {"me": json.dumps(dict(context, format="other"))},
+            "missing counter": {
+                "me": json.dumps({k: v for k, v in context.items() if k != "counter"})
+            },
+            "other image digest": {
+                "me": json.dumps(dict(context, image_sha256="0" * 64))
+            },
+            "missing image": {
+                "me": json.dumps(dict(context, image="/nonexistent/x.itb"))
+            },
+        }
+
+        for case, entries in cases.items():
+            path = os.path.join(self.directory, "bad.zip")
+            if entries is None:
+                with open(path, "wb") as stream:
+                    stream.write(b"PK but not really a zip file")
+            else:
+                with zipfile.ZipFile(path, "w") as archive:
+                    for name, data in entries.items():
+                        archive.writestr(name, data)
+
+            error = self.assertRaises(
+                OperationError,
+                self.agency.write_snapshot,
+                path=path,
+                log=self.log_path("bad"),
+            )
+
+            self.assertEqual(error.kind, "invalid", case)
+        self.assertEqual(self.slot_entry(self.agency, 3), {"slot": 3, "state": "dead"})
