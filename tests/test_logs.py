@@ -413,6 +413,13 @@ class ReadLogTests(LogFileMixin, SynchronousTestCase):
         self.assertEqual(payload, b"2026-12-04T15:43:11.123456789Z x\n")
         self.assertEqual(payload[30:31], b" ")
 
+    def test_tty_records_unframed(self):
+        path = self.make_log(SAMPLE)
+
+        records = self.read(path, options(tty=True, tail=2))
+
+        self.assertEqual(records, [b"four\n", b"five\n"])
+
     def test_missing_file_is_empty(self):
         path = self.mktemp()
 

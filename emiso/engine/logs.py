@@ -134,6 +134,9 @@ class LogOptions:
     @ivar since_ns: show lines from this time on (nanoseconds), C{None} for all.
     @ivar until_ns: show lines up to this time (nanoseconds), C{None} for all.
     @ivar tail: number of lines from the end of the log, C{None} for all.
+    @ivar tty: the container has C{Config.Tty} set, so records are raw bytes
+        without the stdcopy header, as Docker sends them.  The query has no
+        such parameter; the caller sets it with C{attrs.evolve}.
     """
 
     stdout: bool = False
@@ -143,6 +146,7 @@ class LogOptions:
     timestamps: bool = False
     tail: int | None = None
     follow: bool = False
+    tty: bool = False
 
     @classmethod
     def from_query(cls, args: dict[bytes, list[bytes]]) -> LogOptions:
@@ -189,11 +193,13 @@ class LogOptions:
         return stream == "stderr" and self.stderr
 
     def record(self, line: LogLine) -> bytes:
-        """Return the frame of one line: optional timestamp, text and newline."""
+        """Return the record of one line: optional timestamp, text and newline."""
         payload = line.text + b"\n"
         if self.timestamps:
             stamp = format_fixed_timestamp_ns(line.time_ns).encode("ascii")
             payload = stamp + b" " + payload
+        if self.tty:
+            return payload
         return frame(line.stream, payload)
 
 
@@ -389,6 +395,9 @@ def read_log(path: str, options: LogOptions, reader: Reader) -> Deferred:
     @param reader: runs the blocking read, see L{thread_pool_reader}.
     @return: a Deferred firing with the list of frames.
     """
+    # NOTE: all selected records are held in memory, about twice the size of
+    # the selected part of the log; a request without tail on a huge log is
+    # costly.
     d = reader(_collect, path, options)
 
     def records_only(result: tuple[list[bytes], LogBatch, Any]) -> list[bytes]:
