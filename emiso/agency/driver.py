@@ -1,0 +1,268 @@
+"""Agency driver process: serves agency operations over newline-delimited JSON.
+
+The engine's ME controller runs C{python -m emiso.agency.driver --backend sim
+--state-dir DIR} and talks to it over stdin and stdout (see
+L{emiso.agency.protocol}). Given an operation name after the options, the
+driver runs that one operation, prints the reply and exits, which helps
+when debugging on a board.
+"""
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import threading
+from typing import BinaryIO, Callable
+
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+
+from emiso.agency.protocol import (
+    OperationError,
+    ProtocolError,
+    decode_message,
+    encode_message,
+)
+
+logger = Logger()
+
+# Seconds between two checks of the ME processes by the monitor thread.
+MONITOR_INTERVAL = 0.2
+
+# Backends that exist in the design but are not written yet.
+PLANNED_BACKENDS = ("soo",)
+
+
+def _make_sim_backend(options: argparse.Namespace):
+    from emiso.agency.sim.agency import SimAgency
+
+    if options.state_dir is None:
+        raise BackendUnavailable("backend sim needs --state-dir DIR")
+    return SimAgency(options.state_dir)
+
+
+# Backend name -> factory taking the parsed options. A backend object has
+# operations() -> {wire name: callable} and poll() -> list of event dicts.
+BACKENDS: dict[str, Callable] = {"sim": _make_sim_backend}
+
+
+class BackendUnavailable(Exception):
+    """The requested backend cannot be started."""
+
+
+class Driver:
+    """
+    Read requests, run them on the backend one at a time, write replies.
+
+    Replies and monitor events share one output stream; every write holds
+    C{self._write_lock}, so each message stays on one whole line.
+    """
+
+    def __init__(self, backend, output: BinaryIO) -> None:
+        self.backend = backend
+        self._operations = backend.operations()
+        self._output = output
+        self._write_lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def serve(self, requests: BinaryIO) -> None:
+        """Handle request lines until end of file or a C{shutdown} request."""
+        monitor = threading.Thread(target=self._monitor, name="me-monitor", daemon=True)
+        monitor.start()
+        try:
+            for line in requests:
+                if not line.strip():
+                    continue
+                reply, shutdown = self.handle_line(line)
+                self.send(reply)
+                if shutdown:
+                    logger.info("Shutdown requested; driver exits, MEs keep running")
+                    return
+            logger.info("End of input; driver exits, MEs keep running")
+        finally:
+            self._stopping.set()
+            monitor.join(timeout=5)
+
+    def handle_line(self, line: bytes) -> tuple[dict, bool]:
+        """Run the request on one line; return the reply and whether to stop."""
+        try:
+            request = decode_message(line)
+        except ProtocolError as error:
+            logger.warn("Rejected a broken request line: {error}", error=error)
+            return _error_reply(None, "invalid", f"broken request: {error}"), False
+        request_id = request.get("id")
+        operation = request.get("op")
+        arguments = request.get("args", {})
+        if operation == "shutdown":
+            return {"id": request_id, "result": {}}, True
+        return self.run_operation(request_id, operation, arguments), False
+
+    def run_operation(self, request_id, operation, arguments) -> dict:
+        """Run one operation; any failure becomes an error reply."""
+        if operation == "ping":
+            return {"id": request_id, "result": {}}
+        method = self._operations.get(operation) if isinstance(operation, str) else None
+        if method is None:
+            known = ", ".join(sorted([*self._operations, "ping", "shutdown"]))
+            return _error_reply(
+                request_id,
+                "invalid",
+                f"unknown operation {operation!r}; known: {known}",
+            )
+        if not isinstance(arguments, dict):
+            return _error_reply(
+                request_id, "invalid", f"args of {operation} must be a JSON object"
+            )
+        try:
+            inspect.signature(method).bind(**arguments)
+        except TypeError as error:
+            return _error_reply(
+                request_id, "invalid", f"bad arguments for {operation}: {error}"
+            )
+        try:
+            result = method(**arguments)
+        except OperationError as error:
+            logger.info(
+                "Request {id} ({operation}) failed: {kind}: {message}",
+                id=request_id,
+                operation=operation,
+                kind=error.kind,
+                message=error.message,
+            )
+            return _error_reply(request_id, error.kind, error.message)
+        except Exception as error:
+            logger.failure(
+                "Request {id} ({operation}) raised an unexpected error",
+                id=request_id,
+                operation=operation,
+            )
+            return _error_reply(
+                request_id,
+                "internal",
+                f"{operation} failed: {type(error).__name__}: {error}",
+            )
+        return {"id": request_id, "result": result}
+
+    def send(self, message: dict) -> None:
+        """Write one message line and flush it."""
+        data = encode_message(message)
+        with self._write_lock:
+            self._output.write(data)
+            self._output.flush()
+
+    def _monitor(self) -> None:
+        while not self._stopping.wait(MONITOR_INTERVAL):
+            try:
+                events = self.backend.poll()
+            except Exception:
+                logger.failure("Checking the ME processes failed")
+                continue
+            for event in events:
+                try:
+                    self.send(event)
+                except (BrokenPipeError, ValueError):
+                    # The controller closed our stdout: nobody reads events.
+                    return
+
+
+def _error_reply(request_id, kind: str, message: str) -> dict:
+    return {"id": request_id, "error": {"kind": kind, "message": message}}
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """Parse the driver command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m emiso.agency.driver",
+        description=(
+            "EMISO agency driver. Without OPERATION, serves newline-delimited "
+            "JSON requests on stdin and writes replies and events on stdout."
+        ),
+    )
+    parser.add_argument(
+        "--backend",
+        default="sim",
+        help="agency backend: sim (simulated smart object); default sim",
+    )
+    parser.add_argument(
+        "--state-dir", default=None, help="directory for the sim backend's slot files"
+    )
+    parser.add_argument(
+        "operation",
+        nargs="?",
+        help="run this one operation (for example list), print the reply and exit",
+    )
+    parser.add_argument(
+        "arguments",
+        nargs="*",
+        metavar="NAME=VALUE",
+        help="arguments of OPERATION; a VALUE that parses as JSON is used as JSON",
+    )
+    return parser.parse_args(argv)
+
+
+def make_backend(options: argparse.Namespace):
+    """
+    Build the backend named by C{--backend}.
+
+    @raise BackendUnavailable: unknown or planned backend, or missing options.
+    """
+    factory = BACKENDS.get(options.backend)
+    if factory is not None:
+        return factory(options)
+    if options.backend in PLANNED_BACKENDS:
+        raise BackendUnavailable(f"backend {options.backend} is not available yet")
+    raise BackendUnavailable(
+        f"unknown backend {options.backend!r}; available: {', '.join(sorted(BACKENDS))}"
+    )
+
+
+def parse_operation_arguments(pairs: list[str]) -> dict:
+    """Turn C{NAME=VALUE} words into an argument dict."""
+    arguments = {}
+    for pair in pairs:
+        name, separator, value = pair.partition("=")
+        if not separator or not name:
+            raise ValueError(f"argument {pair!r} is not NAME=VALUE")
+        try:
+            arguments[name] = json.loads(value)
+        except ValueError:
+            arguments[name] = value
+    return arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of C{python -m emiso.agency.driver}; return the exit status."""
+    options = parse_arguments(sys.argv[1:] if argv is None else argv)
+    globalLogBeginner.beginLoggingTo(
+        [textFileLogObserver(sys.stderr)], redirectStandardIO=False
+    )
+    try:
+        backend = make_backend(options)
+    except BackendUnavailable as error:
+        print(f"emiso.agency.driver: error: {error}", file=sys.stderr)
+        return 2
+    output = sys.stdout.buffer
+    driver = Driver(backend, output)
+    if options.operation is not None:
+        try:
+            arguments = parse_operation_arguments(options.arguments)
+        except ValueError as error:
+            print(f"emiso.agency.driver: error: {error}", file=sys.stderr)
+            return 2
+        reply = driver.run_operation(None, options.operation, arguments)
+        driver.send(reply)
+        return 1 if "error" in reply else 0
+    logger.info(
+        "Driver {pid} serving backend {backend}",
+        pid=os.getpid(),
+        backend=options.backend,
+    )
+    try:
+        driver.serve(sys.stdin.buffer)
+    except BrokenPipeError:
+        logger.warn("Output closed; driver exits")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
