@@ -104,20 +104,18 @@ class Driver:
         method = self._operations.get(operation) if isinstance(operation, str) else None
         if method is None:
             known = ", ".join(sorted([*self._operations, "ping", "shutdown"]))
-            return _error_reply(
-                request_id,
-                "invalid",
-                f"unknown operation {operation!r}; known: {known}",
+            return _rejected_request(
+                request_id, f"unknown operation {operation!r}; known: {known}"
             )
         if not isinstance(arguments, dict):
-            return _error_reply(
-                request_id, "invalid", f"args of {operation} must be a JSON object"
+            return _rejected_request(
+                request_id, f"args of {operation} must be a JSON object"
             )
         try:
             inspect.signature(method).bind(**arguments)
         except TypeError as error:
-            return _error_reply(
-                request_id, "invalid", f"bad arguments for {operation}: {error}"
+            return _rejected_request(
+                request_id, f"invalid arguments for {operation}: {error}"
             )
         try:
             result = method(**arguments)
@@ -161,12 +159,17 @@ class Driver:
                 try:
                     self.send(event)
                 except (BrokenPipeError, ValueError):
-                    # The controller closed our stdout: nobody reads events.
+                    # The controller closed our stdout, so events cannot be delivered.
                     return
 
 
 def _error_reply(request_id, kind: str, message: str) -> dict:
     return {"id": request_id, "error": {"kind": kind, "message": message}}
+
+
+def _rejected_request(request_id, message: str) -> dict:
+    logger.warn("Rejected request {id}: {message}", id=request_id, message=message)
+    return _error_reply(request_id, "invalid", message)
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
