@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 import zipfile
 
@@ -70,6 +71,12 @@ def read_log_lines(path):
 def log_contains(path, text):
     """Return whether some console log line of C{path} contains C{text}."""
     return any(text in line for line in read_log_lines(path))
+
+
+def read_json(path):
+    """Return the JSON value stored in C{path}."""
+    with open(path, encoding="utf-8") as stream:
+        return json.load(stream)
 
 
 def read_counter(state_dir, slot):
@@ -461,6 +468,25 @@ class SimAgencyMonitorTests(SimAgencyTestMixin, SynchronousTestCase):
         reply = second.terminate(slot)
 
         self.assertEqual(reply, {"state": "dead", "exit_status": 0})
+
+    def test_new_agency_records_late_living(self):
+        image = write_image(self.image_dir, "late", boot_delay_ms=500)
+        slot = self.agency.inject(image=image, log=self.log_path(), token="c1")["slot"]
+        finalizer = threading.Thread(target=self.agency.finalize, args=(slot,))
+        finalizer.start()
+        self.addCleanup(finalizer.join, 10)
+        slot_file = os.path.join(self.state_dir, "slots", f"{slot}.json")
+        wait_for(lambda: read_json(slot_file)["state"] == "preparing", what="preparing")
+        second = SimAgency(self.state_dir)
+        finalizer.join(10)
+
+        events = second.poll()
+
+        self.assertEqual(
+            [(event["previous"], event["state"]) for event in events],
+            [("preparing", "living")],
+        )
+        self.assertEqual(self.slot_entry(second, slot)["state"], "living")
 
     def test_new_agency_detects_vanished_me(self):
         slot, log = self.inject_living("vanished")

@@ -299,8 +299,9 @@ class SimAgency:
             )
         self._maybe_hang(record, "finalize")
         with self._lock:
+            self._require_current(record, "finalize")
             if record.state == "suspended":
-                os.kill(record.pid, signal.SIGCONT)
+                self._signal(record, signal.SIGCONT)
                 record.state = "living"
                 self._save_slot(record)
                 return {"state": "living"}
@@ -308,7 +309,7 @@ class SimAgency:
                 record.state = "preparing"
                 self._save_slot(record)
             record.busy = True
-            os.kill(record.pid, signal.SIGCONT)
+            self._signal(record, signal.SIGCONT)
         try:
             self._wait_until_living(record)
         finally:
@@ -325,13 +326,14 @@ class SimAgency:
             record = self._occupied_slot(slot, "initialize", ("living",))
         self._maybe_hang(record, "initialize")
         with self._lock:
+            self._require_current(record, "initialize")
             if record.refuse_migration:
                 raise OperationError(
                     "refused",
                     f"ME {record.name} in slot {slot} refused to be suspended "
                     "(its image sets emiso,sim-refuse-migration)",
                 )
-            os.kill(record.pid, signal.SIGSTOP)
+            self._signal(record, signal.SIGSTOP)
             self._wait_until_stopped(record)
             record.state = "suspended"
             self._save_slot(record)
@@ -352,6 +354,7 @@ class SimAgency:
             )
         self._maybe_hang(record, "terminate")
         with self._lock:
+            self._require_current(record, "terminate")
             record.busy = True
             self._signal(record, signal.SIGTERM)
             self._signal(record, signal.SIGCONT)
@@ -567,6 +570,15 @@ class SimAgency:
             )
         return record
 
+    def _require_current(self, record: SlotRecord, operation: str) -> None:
+        self._reconcile()
+        if self._slots.get(record.slot) is not record:
+            raise OperationError(
+                "not_found",
+                f"the ME {record.name} in slot {record.slot} exited before "
+                f"{operation} could run",
+            )
+
     def _load_image(self, image: str):
         try:
             fit = self._read_fit(image)
@@ -740,14 +752,37 @@ class SimAgency:
     # Monitor
 
     def _reconcile(self, skip_busy: bool = True) -> None:
-        """Free the slots whose ME process exited and queue their events."""
+        """
+        Free the slots whose ME process exited and queue their events.
+
+        An ME that became living while no finalize waited for it (the driver
+        that sent SIGCONT was replaced) is recorded as living.
+        """
         for record in list(self._slots.values()):
             if record.busy and skip_busy:
                 continue
             exit_status = self._exit_status_if_gone(record)
-            if exit_status is None:
-                continue
-            self._record_exit(record, exit_status)
+            if exit_status is not None:
+                self._record_exit(record, exit_status)
+            elif record.state in ("preparing", "migrating") and not record.busy:
+                self._record_late_living(record)
+
+    def _record_late_living(self, record: SlotRecord) -> None:
+        status = self._read_status(record) or {}
+        if status.get("state") != "living":
+            return
+        self._pending_events.append(
+            {
+                "event": "me_state",
+                "slot": record.slot,
+                "token": record.token,
+                "state": "living",
+                "previous": record.state,
+                "reason": "the ME finished its finalize after a driver restart",
+            }
+        )
+        record.state = "living"
+        self._save_slot(record)
 
     def _record_exit(self, record: SlotRecord, exit_status: int) -> None:
         status = self._read_status(record) or {}
