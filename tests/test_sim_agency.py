@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import zipfile
@@ -17,6 +18,7 @@ from emiso.agency.sim.agency import (
     SimAgency,
     chunk_count,
     read_process_info,
+    spawn_detached,
 )
 from tests.fitbuilder import build_fit, build_me_dtb
 
@@ -278,6 +280,29 @@ class SimAgencyLifecycleTests(SimAgencyTestMixin, SynchronousTestCase):
 
         self.assertEqual(reply, {"state": "dead", "exit_status": 0})
         self.assertTrue(log_contains(self.log_path(), "before boot"))
+
+    def test_terminate_kills_stubborn_me(self):
+        # This stand-in ME ignores SIGTERM, so terminate has to use SIGKILL.
+        script = (
+            "import os, signal, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "os.kill(os.getpid(), signal.SIGSTOP)\n"
+            "while True:\n"
+            "    time.sleep(1)\n"
+        )
+
+        def spawn_stubborn(argv, env):
+            return spawn_detached([sys.executable, "-c", script], env)
+
+        self.agency = SimAgency(self.state_dir, spawn=spawn_stubborn)
+        image = write_image(self.image_dir, "stubborn")
+        slot = self.agency.inject(image=image, log=self.log_path(), token="c1")["slot"]
+        pid = self.slot_entry(self.agency, slot)["pid"]
+
+        reply = self.agency.terminate(slot)
+
+        self.assertEqual(reply, {"state": "dead", "exit_status": 128 + signal.SIGKILL})
+        self.assertTrue(process_is_gone(pid))
 
     def test_inject_invalid_image(self):
         path = os.path.join(self.image_dir, "garbage.itb")

@@ -21,9 +21,9 @@ import time
 
 MIB = 1024 * 1024
 
-# A frozen process sees a long gap between two clock readings; the ME's own
-# clock advances by at most this much more than the planned sleep, so time
-# spent under SIGSTOP is not counted as ME running time.
+# Seconds the ME's own clock may advance beyond a planned sleep. A process
+# frozen by SIGSTOP measures a long gap between two clock readings, and this
+# cap keeps all but this much of the pause out of the ME's running time.
 _MAX_OVERSLEEP = 0.1
 
 
@@ -164,7 +164,7 @@ class SimulatedME:
         """
         Sleep until C{seconds} pass or a signal arrives; return the ME time spent.
 
-        Time spent frozen by SIGSTOP is not counted (see L{_MAX_OVERSLEEP}).
+        At most L{_MAX_OVERSLEEP} seconds of a SIGSTOP pause are counted.
         """
         started = time.monotonic()
         if seconds > 0:
@@ -174,10 +174,10 @@ class SimulatedME:
         elapsed = time.monotonic() - started
         return min(elapsed, seconds + _MAX_OVERSLEEP)
 
-    def shut_down(self, why: str) -> int:
+    def shut_down(self, reason: str) -> int:
         """Print the shutdown line, record state terminated; return status 0."""
         self.print_line(
-            f"ME {self.options.name} in slot {self.options.slot}: {why}, halting"
+            f"ME {self.options.name} in slot {self.options.slot}: {reason}, halting"
         )
         self.write_status("terminated", exit_status=0)
         return 0
