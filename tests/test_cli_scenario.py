@@ -507,3 +507,82 @@ class ApiBodiesScenarioTests(SynchronousTestCase):
 
         self.assertEqual(status, 404)
         self.assertEqual(body["message"], "No such container: nosuch")
+
+    def test_wait_body_exit_code(self):
+        self.engine.docker("run", "-d", "--name", "api-wait", "refso3-sim")
+        self.addCleanup(self.engine.docker, "rm", "-f", "api-wait", check=False)
+        self.post("/containers/api-wait/kill")
+
+        status, body = self.engine.request_json("POST", "/containers/api-wait/wait")
+
+        self.assertEqual(status, 200)
+        self.assertEqual(body["StatusCode"], 137)
+
+    def test_import_and_delete_bodies(self):
+        data = (SAMPLES_DIR / "blinky-sim.itb").read_bytes()
+        self.addCleanup(self.engine.docker, "rmi", "api-import:v1", check=False)
+
+        import_status, _headers, _data = self.engine.request(
+            "POST", "/images/create?fromSrc=-&repo=api-import&tag=v1", body=data
+        )
+        tag_status, _headers, _data = self.engine.request(
+            "POST", "/images/api-import:v1/tag?repo=api-import&tag=v2"
+        )
+        delete_status, deleted = self.engine.request_json(
+            "DELETE", "/images/api-import:v2"
+        )
+
+        self.assertEqual(import_status, 200)
+        self.assertEqual(tag_status, 201)
+        self.assertEqual(delete_status, 200)
+        self.assertEqual(deleted, [{"Untagged": "api-import:v2"}])
+
+    def test_create_unknown_image_body(self):
+        status, body = self.engine.request_json(
+            "POST", "/containers/create?name=api-nosuch", body={"Image": "nosuch"}
+        )
+
+        self.assertEqual(status, 404)
+        self.assertIn("No such image: nosuch", body["message"])
+
+    def test_create_name_conflict(self):
+        self.engine.docker("create", "--name", "api-taken", "refso3-sim")
+        self.addCleanup(self.engine.docker, "rm", "-f", "api-taken", check=False)
+
+        status, body = self.engine.request_json(
+            "POST", "/containers/create?name=api-taken", body={"Image": "refso3-sim"}
+        )
+
+        self.assertEqual(status, 409)
+        self.assertIn("api-taken", body["message"])
+
+    def test_logs_without_stream(self):
+        self.engine.docker("create", "--name", "api-logs", "refso3-sim")
+        self.addCleanup(self.engine.docker, "rm", "-f", "api-logs", check=False)
+
+        status, body = self.engine.request_json("GET", "/containers/api-logs/logs")
+
+        self.assertEqual(status, 400)
+        self.assertIn("at least one stream", body["message"])
+
+    def test_pause_twice_conflict(self):
+        self.engine.docker("run", "-d", "--name", "api-pause", "refso3-sim")
+        self.addCleanup(self.engine.docker, "rm", "-f", "api-pause", check=False)
+        self.post("/containers/api-pause/pause")
+
+        status, body = self.engine.request_json("POST", "/containers/api-pause/pause")
+
+        self.assertEqual(status, 409)
+        self.assertIn("paused", body["message"])
+
+    def test_version_prefix_limits(self):
+        cases = [
+            ("/v1.24/containers/json", 200),
+            ("/v1.45/version", 400),
+            ("/v1.23/version", 400),
+            ("/v1.44/no/such/route", 404),
+        ]
+
+        for path, expected_status in cases:
+            status, _headers, _data = self.engine.request("GET", path)
+            self.assertEqual(status, expected_status, path)
