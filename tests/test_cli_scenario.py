@@ -5,6 +5,7 @@ the simulated agency and the sample SO3 images.
 
 import json
 import re
+import shutil
 import tarfile
 import tempfile
 import threading
@@ -157,7 +158,9 @@ class DockerCliScenarioTests(SynchronousTestCase):
         self.assertIn("blinky-imported:v1", self.image_tags())
 
     def test_load_tar_archive(self):
-        archive = Path(tempfile.mkdtemp()) / "blinky.tar"
+        archive_dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, archive_dir, True)
+        archive = Path(archive_dir) / "blinky.tar"
         with tarfile.open(archive, "w") as tar:
             tar.add(SAMPLES_DIR / "blinky-sim.itb", arcname="blinky-sim.itb")
 
