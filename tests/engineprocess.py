@@ -137,11 +137,16 @@ class EngineProcess:
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError(f"engine already running with pid {self.process.pid}")
         with open(self.output_path, "ab") as output:
-            # The temporary directory as working directory keeps the source
-            # tree off sys.path, so the installed engine package runs.
+            # PYTHONPATH puts this source tree first, so the engine under
+            # test (and its twistd plugin) is the checkout's, installed or not.
+            environment = dict(os.environ)
+            environment["PYTHONPATH"] = os.pathsep.join(
+                [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+            )
             self.process = subprocess.Popen(
                 self.command(),
                 cwd=self.temp_dir,
+                env=environment,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,

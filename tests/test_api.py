@@ -12,6 +12,7 @@ import tarfile
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
@@ -60,8 +61,15 @@ class APITestCase(TestCase):
             kwargs["headers"] = {b"Content-Type": [b"application/json"], **kwargs["headers"]}
         elif data is not None:
             kwargs["data"] = data
-        response = yield self.client.request(method, "http://engine" + path, **kwargs)
-        raw = yield response.content()
+        # StubTreq moves bytes only when flushed; the engine answers from
+        # worker threads, so keep flushing until the exchange is over.
+        pump = LoopingCall(self.client.flush)
+        pump.start(0.005)
+        try:
+            response = yield self.client.request(method, "http://engine" + path, **kwargs)
+            raw = yield response.content()
+        finally:
+            pump.stop()
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
         if content_type == b"application/json" and raw.strip():
             parsed = json.loads(raw.splitlines()[0] if path.startswith("/images/create") else raw)

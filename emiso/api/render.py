@@ -429,7 +429,6 @@ def _host_config(container: Any) -> dict:
         "DeviceRequests": None,
         "MemoryReservation": 0,
         "MemorySwap": 0,
-        "MemorySwappiness": None,
         "OomKillDisable": False,
         "PidsLimit": None,
         "Ulimits": None,
