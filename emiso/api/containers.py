@@ -1,0 +1,246 @@
+"""Container routes: list, create, inspect, lifecycle, wait and logs."""
+
+import json
+import time
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+
+from emiso.api import render
+from emiso.api.base import (
+    JSON,
+    app,
+    ignore_cancel,
+    image_or_none,
+    json_body,
+    json_response,
+    no_content,
+    query_arg,
+    query_bool,
+    query_int,
+    version_at_least,
+)
+from emiso.engine.logs import LogFollower, LogOptions, read_log, thread_pool_reader
+from emiso.engine.states import validate_status_filter
+from emiso.errors import InvalidParameter
+
+#: Create-body fields the engine keeps in the container record.
+CREATE_FIELDS_KEPT = ("Env", "Cmd")
+
+#: Seconds a follow stream goes on after its container stopped, so the
+#: ME's last console lines reach the client.
+FOLLOW_GRACE = 0.5
+
+
+class ContainerRoutes:
+    """
+    The C{/containers} routes.
+    """
+
+    app = app
+
+    @app.route("/containers/json", methods=["GET"])
+    def list_containers(self, request: Any) -> bytes:
+        engine = self._engine
+        show_all = query_bool(request, "all")
+        limit = query_int(request, "limit", -1)
+        filters = container_filters(request)
+        now = time.time()
+        containers = engine.containers.list()
+        if not show_all and limit <= 0:
+            containers = [c for c in containers if c.running]
+        containers = [c for c in containers if container_matches(c, filters)]
+        if limit > 0:
+            containers = containers[:limit]
+        body = []
+        for container in containers:
+            image = image_or_none(engine, container.image_id)
+            item = render.container_summary(container, image, now)
+            if query_bool(request, "size"):
+                item["SizeRw"] = 0
+                item["SizeRootFs"] = image.size if image else 0
+            body.append(item)
+        return json_response(request, body)
+
+    @app.route("/containers/create", methods=["POST"])
+    @inlineCallbacks
+    def create_container(self, request: Any):
+        body = json_body(request)
+        image = body.get("Image")
+        if not isinstance(image, str) or not image:
+            raise InvalidParameter("Config cannot be empty in order to create a container")
+        labels = body.get("Labels") or {}
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise InvalidParameter("Labels must be an object of string values")
+        config = {key: body.get(key) for key in CREATE_FIELDS_KEPT if body.get(key)}
+        host_config = body.get("HostConfig") or {}
+        if not isinstance(host_config, dict):
+            raise InvalidParameter("HostConfig must be an object")
+        restart = host_config.get("RestartPolicy") or {}
+        container = yield self._engine.containers.create(
+            query_arg(request, "name") or None,
+            image,
+            labels,
+            config,
+            {"RestartPolicy": restart} if restart else {},
+        )
+        request.setResponseCode(201)
+        return json_response(request, {"Id": container.id, "Warnings": []})
+
+    @app.route("/containers/<name>/json", methods=["GET"])
+    def inspect_container(self, request: Any, name: str) -> bytes:
+        engine = self._engine
+        container = engine.containers.get(name)
+        image = image_or_none(engine, container.image_id)
+        body = render.container_inspect(container, image, time.time())
+        if query_bool(request, "size"):
+            body["SizeRw"] = 0
+            body["SizeRootFs"] = image.size if image else 0
+        return json_response(request, body)
+
+    @app.route("/containers/<name>/start", methods=["POST"])
+    def start_container(self, request: Any, name: str):
+        return no_content(request, self._engine.containers.start(name))
+
+    @app.route("/containers/<name>/stop", methods=["POST"])
+    def stop_container(self, request: Any, name: str):
+        query_int(request, "t", -1)
+        return no_content(request, self._engine.containers.stop(name))
+
+    @app.route("/containers/<name>/restart", methods=["POST"])
+    def restart_container(self, request: Any, name: str):
+        query_int(request, "t", -1)
+        return no_content(request, self._engine.containers.restart(name))
+
+    @app.route("/containers/<name>/kill", methods=["POST"])
+    def kill_container(self, request: Any, name: str):
+        signal_name = query_arg(request, "signal") or "SIGKILL"
+        return no_content(request, self._engine.containers.kill(name, signal_name))
+
+    @app.route("/containers/<name>/pause", methods=["POST"])
+    def pause_container(self, request: Any, name: str):
+        return no_content(request, self._engine.containers.pause(name))
+
+    @app.route("/containers/<name>/unpause", methods=["POST"])
+    def unpause_container(self, request: Any, name: str):
+        return no_content(request, self._engine.containers.unpause(name))
+
+    @app.route("/containers/<name>", methods=["DELETE"])
+    def remove_container(self, request: Any, name: str):
+        force = query_bool(request, "force")
+        return no_content(request, self._engine.containers.remove(name, force))
+
+    @app.route("/containers/<name>/wait", methods=["POST"])
+    def wait_container(self, request: Any, name: str):
+        condition = query_arg(request, "condition") or "not-running"
+        waiting = self._engine.containers.wait(name, condition)
+        # Docker sends the headers at once and the body when the wait ends,
+        # so a client can start the container after its wait is in place.
+        request.setHeader(b"Content-Type", JSON)
+        request.write(b"")
+        request.notifyFinish().addErrback(lambda _: waiting.cancel())
+        waiting.addCallback(lambda body: json.dumps(body).encode() + b"\n")
+        waiting.addErrback(ignore_cancel)
+        return waiting
+
+    @app.route("/containers/<name>/logs", methods=["GET"])
+    def container_logs(self, request: Any, name: str):
+        engine = self._engine
+        container = engine.containers.get(name)
+        options = LogOptions.from_query(request.args)
+        reader = thread_pool_reader(engine.reactor, engine.threadpool)
+        content_type = b"application/vnd.docker.raw-stream"
+        if version_at_least(request, (1, 42)):
+            content_type = b"application/vnd.docker.multiplexed-stream"
+        request.setHeader(b"Content-Type", content_type)
+        if not options.follow:
+            d = read_log(container.log_path, options, reader)
+            d.addCallback(b"".join)
+            return d
+        return self._follow(request, engine, container, options, reader)
+
+    def _follow(self, request: Any, engine: Any, container: Any, options: Any,
+                reader: Any) -> Deferred:
+        """
+        Stream the log until the container stops, C{until} passes or the
+        client goes away.
+        """
+        # Docker flushes the headers before the first line.
+        request.write(b"")
+        follower = LogFollower(
+            container.log_path, options, engine.reactor, request.write, reader=reader
+        )
+        exited = engine.containers.wait(container.id, "not-running")
+
+        def container_stopped(_: object) -> None:
+            # Give the follower one more poll for the ME's last lines.
+            engine.reactor.callLater(FOLLOW_GRACE, follower.stop)
+
+        exited.addCallbacks(container_stopped, ignore_cancel)
+        request.notifyFinish().addBoth(lambda _: follower.stop())
+        follower.start()
+        done = follower.done
+        done.addBoth(lambda result: (exited.cancel(), None)[1])
+        return done
+
+
+def container_filters(request: Any) -> dict[str, list[str]]:
+    """
+    Parse Docker's C{filters} parameter in both of its shapes:
+    C{{"label": ["a=b"]}} and C{{"label": {"a=b": true}}}.
+    """
+    text = query_arg(request, "filters")
+    if not text:
+        return {}
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise InvalidParameter(f"invalid filter: {text}")
+    if not isinstance(raw, dict):
+        raise InvalidParameter(f"invalid filter: {text}")
+    filters: dict[str, list[str]] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            filters[key] = [k for k, enabled in value.items() if enabled]
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            filters[key] = list(value)
+        else:
+            raise InvalidParameter(f"invalid filter: {key}={value!r}")
+    known = {"id", "name", "status", "label", "ancestor", "before", "since"}
+    for key in filters:
+        if key not in known:
+            raise InvalidParameter(f"invalid filter '{key}'")
+    for value in filters.get("status", []):
+        validate_status_filter(value)
+    return filters
+
+
+def container_matches(container: Any, filters: dict[str, list[str]]) -> bool:
+    checks = {
+        "id": lambda v: container.id.startswith(v),
+        "name": lambda v: v.lstrip("/") in container.name,
+        "status": lambda v: container.state == v,
+        "label": lambda v: label_matches(container.labels, v),
+        "ancestor": lambda v: v in (container.image_ref, container.image_id)
+        or container.image_ref == v + ":latest"
+        or container.image_id.startswith("sha256:" + v),
+    }
+    for key, values in filters.items():
+        check = checks.get(key)
+        if check is None or not values:
+            continue
+        if key == "label":
+            if not all(check(v) for v in values):
+                return False
+        elif not any(check(v) for v in values):
+            return False
+    return True
+
+
+def label_matches(labels: dict[str, str], wanted: str) -> bool:
+    if "=" in wanted:
+        key, value = wanted.split("=", 1)
+        return labels.get(key) == value
+    return wanted in labels

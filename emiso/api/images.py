@@ -1,0 +1,149 @@
+"""Image routes: list, inspect, history, import, load, tag and remove."""
+
+import json
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+
+from emiso.api import render
+from emiso.api.base import (
+    JSON,
+    app,
+    json_response,
+    query_arg,
+    query_bool,
+    remove_quietly,
+    spool_body,
+)
+from emiso.errors import InvalidParameter, NoSuchImage
+
+
+class ImageRoutes:
+    """
+    The C{/images} routes. SO3 images are FIT files: they are imported or
+    loaded, never pulled.
+    """
+
+    app = app
+
+    @app.route("/images/json", methods=["GET"])
+    def list_images(self, request: Any) -> bytes:
+        engine = self._engine
+        usage: dict[str, int] = {}
+        for container in engine.containers.list():
+            usage[container.image_id] = usage.get(container.image_id, 0) + 1
+        images = sorted(engine.images.list(), key=lambda i: i.created, reverse=True)
+        body = [render.image_summary(i, usage.get(i.id, 0)) for i in images]
+        return json_response(request, body)
+
+    @app.route("/images/<path:name>/json", methods=["GET"])
+    def inspect_image(self, request: Any, name: str) -> bytes:
+        image = self._engine.images.get(name)
+        return json_response(request, render.image_inspect(image))
+
+    @app.route("/images/<path:name>/history", methods=["GET"])
+    def image_history(self, request: Any, name: str) -> bytes:
+        image = self._engine.images.get(name)
+        body = [
+            {
+                "Id": image.id,
+                "Created": int(image.created),
+                "CreatedBy": "mkimage: " + image.fit.description,
+                "Tags": list(image.repo_tags) or None,
+                "Size": image.size,
+                "Comment": "SO3 FIT image",
+            }
+        ]
+        return json_response(request, body)
+
+    @app.route("/images/<path:name>", methods=["DELETE"])
+    @inlineCallbacks
+    def remove_image(self, request: Any, name: str):
+        engine = self._engine
+        force = query_bool(request, "force")
+        image = engine.images.get(name)
+        items = yield engine.images.remove(
+            name, force, lambda image_id: engine.containers.uses_image(image_id) is not None
+        )
+        for item in items:
+            if "Untagged" in item:
+                engine.events.publish("image", "untag", image.id, {"name": item["Untagged"]})
+            if "Deleted" in item:
+                engine.events.publish("image", "delete", image.id, {"name": name})
+        return json_response(request, items)
+
+    @app.route("/images/<path:name>/tag", methods=["POST"])
+    @inlineCallbacks
+    def tag_image(self, request: Any, name: str):
+        repo = query_arg(request, "repo")
+        tag = query_arg(request, "tag") or None
+        if not repo:
+            raise InvalidParameter("repository name must not be empty")
+        repo, tag = split_reference(repo, tag)
+        image = yield self._engine.images.tag(name, repo, tag)
+        self._engine.events.publish(
+            "image", "tag", image.id, {"name": f"{repo}:{tag or 'latest'}"}
+        )
+        request.setResponseCode(201)
+        return b""
+
+    @app.route("/images/create", methods=["POST"])
+    @inlineCallbacks
+    def create_image(self, request: Any):
+        from_src = query_arg(request, "fromSrc")
+        from_image = query_arg(request, "fromImage")
+        if from_src != "-":
+            reference = from_image or from_src
+            if from_image:
+                tag = query_arg(request, "tag")
+                if tag and ":" not in from_image.rsplit("/", 1)[-1]:
+                    reference = f"{from_image}:{tag}"
+                raise NoSuchImage(
+                    f"{reference}: SO3 images cannot be pulled from a registry; "
+                    "import the .itb file with docker import or docker load"
+                )
+            raise InvalidParameter(
+                f"fromSrc={from_src!r} is not supported: send the .itb file as the "
+                "request body with fromSrc=-"
+            )
+        repo, tag = split_reference(query_arg(request, "repo"), query_arg(request, "tag") or None)
+        upload = yield spool_body(self._engine, request, self._max_body_size)
+        try:
+            image = yield self._engine.images.import_image(upload, repo, tag)
+        finally:
+            remove_quietly(upload)
+        self._engine.events.publish(
+            "image", "import", image.id, {"name": f"{repo}:{tag or 'latest'}" if repo else ""}
+        )
+        request.setHeader(b"Content-Type", JSON)
+        return json.dumps({"status": image.id}).encode() + b"\r\n"
+
+    @app.route("/images/load", methods=["POST"])
+    @inlineCallbacks
+    def load_images(self, request: Any):
+        upload = yield spool_body(self._engine, request, self._max_body_size)
+        try:
+            images = yield self._engine.images.load_tar(upload)
+        finally:
+            remove_quietly(upload)
+        request.setHeader(b"Content-Type", JSON)
+        lines = []
+        for image in images:
+            loaded = image.repo_tags[0] if image.repo_tags else image.id
+            self._engine.events.publish("image", "load", image.id, {"name": loaded})
+            line = f"Loaded image: {loaded}\n" if image.repo_tags else (
+                f"Loaded image ID: {image.id}\n"
+            )
+            lines.append(json.dumps({"stream": line}).encode() + b"\n")
+        return b"".join(lines)
+
+
+def split_reference(repo: str, tag: str | None) -> tuple[str, str | None]:
+    """
+    Split C{NAME:TAG} as docker 28 sends it in C{repo}; a separate C{tag}
+    wins when both are given.
+    """
+    if repo and ":" in repo.rsplit("/", 1)[-1]:
+        name, _, embedded = repo.rpartition(":")
+        return name, tag or embedded
+    return repo, tag
