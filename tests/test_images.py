@@ -753,6 +753,21 @@ class RemoveTests(StoreTestMixin, SynchronousTestCase):
         self.assertEqual(self.folder_files(), {"blinky-sim.itb"})
         self.assertEqual(self.tags.tags, {})
 
+    def test_remove_id_used_forced_keeps_content(self):
+        store = self.refreshed_store(files=[REFSO3])
+        shutil.copy(REFSO3, os.path.join(self.folder, "twin.itb"))
+        self.successResultOf(store.refresh())
+
+        records = self.successResultOf(store.remove(digest_of(REFSO3), True, self.used))
+
+        self.assertEqual(
+            records,
+            [{"Untagged": "refso3-sim:latest"}, {"Untagged": "twin:latest"}],
+        )
+        self.assertEqual(store.get(digest_of(REFSO3)).repo_tags, ())
+        blob = os.path.relpath(self.blob_path(digest_of(REFSO3)), self.folder)
+        self.assertEqual(self.folder_files(), {blob})
+
     def test_remove_id_used_conflict(self):
         store = self.refreshed_store()
 

@@ -532,14 +532,16 @@ class ImageStore:
                 f"conflict: unable to delete {_short_id(image.id)} (must be forced) "
                 f"- image is being used by container {_short_id(user)}"
             )
-        records = []
-        for reference in image.repo_tags:
-            yield self._drop_reference(image, reference, keep=True)
-            records.append({"Untagged": reference})
         if user:
             # NOTE: Docker deletes the image of a stopped container with
             # force. The store keeps the content as an untagged image, so
             # the container can still start.
+            yield self._in_thread(self._save_blob, image.path, image.id)
+        records = []
+        for reference in image.repo_tags:
+            yield self._drop_reference(image, reference, keep=False)
+            records.append({"Untagged": reference})
+        if user:
             return records
         yield self._in_thread(self._delete_content, image.id)
         records.append({"Deleted": image.id})
