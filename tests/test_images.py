@@ -519,7 +519,11 @@ class LoadTarTests(StoreTestMixin, SynchronousTestCase):
 
         loaded = self.successResultOf(result)
         self.assertEqual(
-            [image.repo_tags for image in loaded],
+            [reference for reference, _ in loaded],
+            ["refso3-sim:latest", "blinky:v3"],
+        )
+        self.assertEqual(
+            [image.repo_tags for _, image in loaded],
             [("refso3-sim:latest",), ("blinky:v3",)],
         )
         self.assertEqual(store.get("refso3-sim").id, digest_of(REFSO3))

@@ -26,6 +26,13 @@ class ImageRoutes:
 
     app = app
 
+    def _image_user(self, image_id: str) -> str | None:
+        """
+        Return the id of a container created from the image, or C{None}.
+        """
+        container = self._engine.containers.uses_image(image_id)
+        return container.id if container is not None else None
+
     @app.route("/images/json", methods=["GET"])
     def list_images(self, request: Any) -> bytes:
         engine = self._engine
@@ -62,9 +69,7 @@ class ImageRoutes:
         engine = self._engine
         force = query_bool(request, "force")
         image = engine.images.get(name)
-        items = yield engine.images.remove(
-            name, force, lambda image_id: engine.containers.uses_image(image_id) is not None
-        )
+        items = yield engine.images.remove(name, force, self._image_user)
         for item in items:
             if "Untagged" in item:
                 engine.events.publish("image", "untag", image.id, {"name": item["Untagged"]})
@@ -80,7 +85,7 @@ class ImageRoutes:
         if not repo:
             raise InvalidParameter("repository name must not be empty")
         repo, tag = split_reference(repo, tag)
-        image = yield self._engine.images.tag(name, repo, tag)
+        image = yield self._engine.images.tag(name, repo, tag, in_use=self._image_user)
         self._engine.events.publish(
             "image", "tag", image.id, {"name": f"{repo}:{tag or 'latest'}"}
         )
@@ -109,7 +114,9 @@ class ImageRoutes:
         repo, tag = split_reference(query_arg(request, "repo"), query_arg(request, "tag") or None)
         upload = yield spool_body(self._engine, request, self._max_body_size)
         try:
-            image = yield self._engine.images.import_image(upload, repo, tag)
+            image = yield self._engine.images.import_image(
+                upload, repo, tag, in_use=self._image_user
+            )
         finally:
             remove_quietly(upload)
         self._engine.events.publish(
@@ -123,17 +130,17 @@ class ImageRoutes:
     def load_images(self, request: Any):
         upload = yield spool_body(self._engine, request, self._max_body_size)
         try:
-            images = yield self._engine.images.load_tar(upload)
+            images = yield self._engine.images.load_tar(upload, in_use=self._image_user)
         finally:
             remove_quietly(upload)
         request.setHeader(b"Content-Type", JSON)
         lines = []
-        for image in images:
-            loaded = image.repo_tags[0] if image.repo_tags else image.id
-            self._engine.events.publish("image", "load", image.id, {"name": loaded})
-            line = f"Loaded image: {loaded}\n" if image.repo_tags else (
-                f"Loaded image ID: {image.id}\n"
-            )
+        for reference, image in images:
+            self._engine.events.publish("image", "load", image.id, {"name": reference or image.id})
+            if reference:
+                line = f"Loaded image: {reference}\n"
+            else:
+                line = f"Loaded image ID: {image.id}\n"
             lines.append(json.dumps({"stream": line}).encode() + b"\n")
         return b"".join(lines)
 

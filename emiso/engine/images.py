@@ -401,9 +401,10 @@ class ImageStore:
 
     def load_tar(
         self, tar_path: str, in_use: Callable[[str], Any] | None = None
-    ) -> Deferred[list[Image]]:
+    ) -> Deferred[list[tuple[str | None, Image]]]:
         """
-        Store the FIT images of a tar archive, as C{docker load} sends it.
+        Store the FIT images of a tar archive, as C{docker load} sends it, and
+        fire with C{(reference, image)} for each, in archive order.
 
         Each member C{.../NAME.itb} becomes C{NAME:latest} and
         C{.../NAME:TAG.itb} becomes C{NAME:TAG}. Other regular files are
@@ -424,7 +425,7 @@ class ImageStore:
             while members:
                 repo, tag, content = members.pop(0)
                 image = yield self._store(content, repo, tag, in_use)
-                images.append(image)
+                images.append((f"{repo}:{tag}" if repo else None, image))
         finally:
             for _, _, content in members:
                 _unlink_quietly(content.temp_path)
