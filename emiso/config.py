@@ -47,7 +47,7 @@ class Config:
     agency: str = "sim"
     secure: bool = False
     interactive: bool = False
-    experimental: bool = False
+    experimental: bool = True
     max_body_size: int = 256 * 1024 * 1024
     driver_command: list[str] | None = None
     timeouts: dict[str, float] = attrs.Factory(lambda: dict(DEFAULT_TIMEOUTS))
@@ -134,7 +134,9 @@ def resolve(options: dict[str, Any]) -> Config:
         raise ConfigError(
             f"unknown agency backend {agency!r}; available: {', '.join(AGENCY_BACKENDS)}"
         )
-    experimental = bool(pick("experimental", False))
+    experimental = pick("experimental", True)
+    if not isinstance(experimental, bool):
+        raise ConfigError(f"experimental must be true or false, not {experimental!r}")
     max_body_size = int(pick("max_body_size", 256 * 1024 * 1024))
     driver_command = pick("driver_command", None)
     if isinstance(driver_command, str):

@@ -31,7 +31,11 @@ class Options(usage.Options):
     optFlags = [
         ["secure", "s", "Serve the API over TLS with client certificates (secure mode)."],
         ["interactive", "i", "Run the command-line interface instead of the web server."],
-        ["experimental", None, "Advertise Docker's experimental features."],
+        ["experimental", None,
+         "Advertise Docker's experimental features, such as checkpoints (the default)."],
+        ["no-experimental", None,
+         "Hide Docker's experimental features: clients then offer no checkpoint "
+         "commands."],
     ]
 
     optParameters = [
@@ -76,6 +80,10 @@ class Options(usage.Options):
                 "interactive mode (-i/--interactive) is not available yet in this "
                 "version; use the docker CLI against the engine instead"
             )
+        if self["experimental"] and self["no-experimental"]:
+            raise usage.UsageError(
+                "--experimental and --no-experimental exclude each other; give one"
+            )
         max_body = self["max-body-size"]
         if max_body is not None and (not max_body.isdigit() or int(max_body) <= 0):
             raise usage.UsageError(f"--max-body-size must be a positive integer, not {max_body!r}")
@@ -89,7 +97,9 @@ class Options(usage.Options):
                     "listen": self["listen"],
                     "secure": self["secure"],
                     "interactive": self["interactive"],
-                    "experimental": True if self["experimental"] else None,
+                    "experimental": _experimental_option(
+                        self["experimental"], self["no-experimental"]
+                    ),
                     "max_body_size": int(max_body) if max_body else None,
                 }
             )
@@ -190,6 +200,14 @@ def _bind_failed(failure: Any, description: str) -> None:
     raise StartupError(
         f"cannot listen on {description}: {failure.getErrorMessage()}"
     )
+
+
+def _experimental_option(enabled: bool, disabled: bool) -> bool | None:
+    if enabled:
+        return True
+    if disabled:
+        return False
+    return None
 
 
 def _is_loopback_only(description: str) -> bool:
