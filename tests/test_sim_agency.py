@@ -576,6 +576,36 @@ class SimAgencySnapshotTests(SimAgencyTestMixin, SynchronousTestCase):
         )
         self.assertEqual(self.slot_entry(self.agency, new_slot)["token"], "copy")
 
+    def test_restore_with_local_image(self):
+        slot, path = self.take_snapshot(minimum_counter=1)
+        original = self.slot_entry(self.agency, slot)["image"]
+        copy = os.path.join(self.directory, "elsewhere.itb")
+        with open(original, "rb") as source, open(copy, "wb") as target:
+            target.write(source.read())
+        self.agency.terminate(slot)
+        os.unlink(original)
+
+        written = self.agency.write_snapshot(
+            path=path, log=self.log_path("copy"), image=copy
+        )
+
+        self.assertEqual(self.slot_entry(self.agency, written["slot"])["image"], copy)
+
+    def test_restore_rejects_other_local_image(self):
+        slot, path = self.take_snapshot(minimum_counter=1)
+        other = write_image(self.directory, "other", domain_size=32 * MIB)
+
+        error = self.assertRaises(
+            OperationError,
+            self.agency.write_snapshot,
+            path=path,
+            log=self.log_path("copy"),
+            image=other,
+        )
+
+        self.assertEqual(error.kind, "invalid")
+        self.assertIn("sha256", str(error))
+
     def test_written_snapshot_waits_stopped(self):
         slot, path = self.take_snapshot(minimum_counter=1)
 

@@ -420,9 +420,19 @@ class MEController:
         """Write the snapshot of the suspended ME in C{slot} to C{path}."""
         return self.call("read_snapshot", slot=slot, path=path)
 
-    def write_snapshot(self, path: str, log: str, token: str) -> Deferred:
-        """Restore the snapshot zip C{path} into a free slot (migrating)."""
-        return self.call("write_snapshot", path=path, log=log, token=token)
+    def write_snapshot(
+        self, path: str, log: str, token: str, image: str | None = None
+    ) -> Deferred:
+        """
+        Restore the snapshot zip C{path} into a free slot (migrating).
+
+        C{image}, when given, is the local image file the snapshot's ME runs
+        from (the simulated agency needs it for a snapshot taken elsewhere).
+        """
+        args = {"path": path, "log": log, "token": token}
+        if image is not None:
+            args["image"] = image
+        return self.call("write_snapshot", **args)
 
     # Requests
 

@@ -91,7 +91,12 @@ class IAgency(Interface):
         Write the snapshot of the suspended ME in C{slot} to the zip file C{path}.
         """
 
-    def write_snapshot(path, log, token):
+    def write_snapshot(path, log, token, image=None):
         """
         Restore the snapshot zip file C{path} into a free slot (state migrating).
+
+        @param image: absolute path of the local image file of the
+            snapshot's ME, or C{None} to use the one the snapshot records.
+            The simulated agency needs it to restore a snapshot taken on
+            another smart object.
         """

@@ -417,26 +417,36 @@ class SimAgency:
         os.replace(temporary, path)
         return {"size": os.path.getsize(path)}
 
-    def write_snapshot(self, path: str, log: str, token: str = "") -> dict:
+    def write_snapshot(
+        self, path: str, log: str, token: str = "", image: str | None = None
+    ) -> dict:
         """
         Restore a snapshot into the first free slot, in state migrating.
 
         The ME process starts frozen; finalize resumes it at the snapshot's
         heartbeat counter.
 
+        @param image: the image file to run the restored ME from, for a
+            snapshot taken on another smart object whose image path does not
+            exist here. Its SHA-256 must be the one the snapshot records.
+            Default: the image path recorded in the snapshot.
         @raise OperationError: C{invalid} when the zip, its context or the
-            image it names is not usable; C{no_slot}; C{no_memory}.
+            image is not usable; C{no_slot}; C{no_memory}.
         """
         path = _require_absolute_path(path, "path")
         log = _require_absolute_path(log, "log")
         token = _require_string(token, "token")
-        context = _read_snapshot_context(path)
+        if image is not None:
+            image = _require_absolute_path(image, "image")
+        context = _read_snapshot_context(path, check_image=image is None)
+        if image is not None:
+            context["image"] = image
         fit, faults, digest = self._load_image(context["image"])
         if digest != context["image_sha256"]:
             raise OperationError(
                 "invalid",
-                f"snapshot {path} was taken from image {context['image']} with "
-                f"sha256 {context['image_sha256']}, but the file now has "
+                f"snapshot {path} was taken from an image with sha256 "
+                f"{context['image_sha256']}, but {context['image']} has "
                 f"sha256 {digest}",
             )
         chunks = context["size"] // CHUNK_SIZE
@@ -880,8 +890,13 @@ def _vendor_ms(image: str, vendor: dict, name: str, default: int | None) -> int 
     return value
 
 
-def _read_snapshot_context(path: str) -> dict:
-    """Read and check the C{me} entry of a sim snapshot zip."""
+def _read_snapshot_context(path: str, check_image: bool = True) -> dict:
+    """
+    Read and check the C{me} entry of a sim snapshot zip.
+
+    @param check_image: also require the image path recorded in the
+        snapshot to exist.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -939,7 +954,9 @@ def _read_snapshot_context(path: str) -> dict:
             f"snapshot {path}: size {size} is not a power-of-two number "
             "of 2 MiB chunks",
         )
-    if not os.path.isabs(context["image"]) or not os.path.isfile(context["image"]):
+    if check_image and (
+        not os.path.isabs(context["image"]) or not os.path.isfile(context["image"])
+    ):
         raise OperationError(
             "invalid",
             f"snapshot {path} names image {context['image']}, which does not exist",
