@@ -5,6 +5,8 @@ first free slot, the state checks of each operation) and answers at once,
 so engine tests run without a driver process.
 """
 
+import json
+import zipfile
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -24,6 +26,8 @@ class FakeAgency:
     @ivar slots: slot number to slot dict (C{state}, C{token}, C{image}...).
     @ivar calls: the operations called, in order, as C{(op, args)}.
     @ivar refuse_migration: make C{initialize} fail as a refusing ME does.
+    @ivar failures: operation name to the exception its next call fails
+        with; each entry is used once.
     """
 
     degraded = False
@@ -33,6 +37,7 @@ class FakeAgency:
         self.slots: dict[int, dict] = {}
         self.calls: list[tuple[str, dict]] = []
         self.refuse_migration = False
+        self.failures: dict[str, AgencyError] = {}
         self._subscribers: list[Callable[[dict], None]] = []
         self.started = False
 
@@ -46,6 +51,8 @@ class FakeAgency:
 
     def call(self, op: str, **args: Any) -> Deferred:
         self.calls.append((op, args))
+        if op in self.failures:
+            return fail(self.failures.pop(op))
         method = getattr(self, "_" + op, None)
         if method is None:
             return fail(AgencyError(f"unknown agency operation {op!r}"))
@@ -90,8 +97,10 @@ class FakeAgency:
     def read_snapshot(self, slot: int, path: str) -> Deferred:
         return self.call("read_snapshot", slot=slot, path=path)
 
-    def write_snapshot(self, path: str, log: str, token: str) -> Deferred:
-        return self.call("write_snapshot", path=path, log=log, token=token)
+    def write_snapshot(
+        self, path: str, log: str, token: str, image: str | None = None
+    ) -> Deferred:
+        return self.call("write_snapshot", path=path, log=log, token=token, image=image)
 
     def _list(self) -> dict:
         entries = []
@@ -121,9 +130,34 @@ class FakeAgency:
         return {"state": "suspended"}
 
     def _terminate(self, slot: int) -> dict:
-        self._occupied(slot, "terminate", ("booting", "preparing", "living", "suspended"))
+        self._occupied(
+            slot, "terminate", ("booting", "preparing", "living", "suspended", "migrating")
+        )
         del self.slots[slot]
         return {"state": "dead", "exit_status": 0}
+
+    def _read_snapshot(self, slot: int, path: str) -> dict:
+        entry = self._occupied(slot, "read_snapshot", ("suspended",))
+        context = {"image": entry["image"], "token": entry["token"]}
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("me", json.dumps(context))
+        return {"size": len(json.dumps(context))}
+
+    def _write_snapshot(
+        self, path: str, log: str, token: str, image: str | None = None
+    ) -> dict:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                context = json.loads(archive.read("me"))
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+            raise AgencyError(f"invalid snapshot {path}: {error}")
+        free = [slot for slot in SLOTS if slot not in self.slots]
+        if not free:
+            raise NoFreeSlot("no free ME slot: all 5 slots (2 to 6) are in use")
+        slot = free[0]
+        self.slots[slot] = {"state": "migrating", "token": token,
+                            "image": image or context["image"], "log": log}
+        return {"slot": slot, "state": "migrating"}
 
     def _occupied(self, slot: int, op: str, allowed: tuple[str, ...]) -> dict:
         entry = self.slots.get(slot)

@@ -9,13 +9,16 @@ from typing import Any
 from twisted.web.resource import IResource
 
 from emiso.api.base import ErrorRoutes, app
+from emiso.api.checkpoints import CheckpointRoutes
 from emiso.api.containers import ContainerRoutes
 from emiso.api.images import ImageRoutes
 from emiso.api.system import SystemRoutes
 from emiso.api.versioning import VersionedRoot
 
 
-class DockerAPI(ErrorRoutes, SystemRoutes, ImageRoutes, ContainerRoutes):
+class DockerAPI(
+    ErrorRoutes, SystemRoutes, ImageRoutes, ContainerRoutes, CheckpointRoutes
+):
     """
     The routes of the Docker Engine API that SO3 containers support.
 

@@ -20,6 +20,7 @@ from emiso.api.base import (
     query_int,
     version_at_least,
 )
+from emiso.api.checkpoints import require_experimental
 from emiso.engine.logs import LogFollower, LogOptions, read_log, thread_pool_reader
 from emiso.engine.states import validate_status_filter
 from emiso.errors import InvalidParameter
@@ -102,6 +103,13 @@ class ContainerRoutes:
 
     @app.route("/containers/<name>/start", methods=["POST"])
     def start_container(self, request: Any, name: str):
+        checkpoint = query_arg(request, "checkpoint")
+        if checkpoint:
+            require_experimental(self._engine)
+            starting = self._engine.checkpoints.start(
+                name, checkpoint, query_arg(request, "checkpoint-dir")
+            )
+            return no_content(request, starting)
         return no_content(request, self._engine.containers.start(name))
 
     @app.route("/containers/<name>/stop", methods=["POST"])

@@ -634,6 +634,40 @@ class ContainerManager:
         for waiter in self._exit_waiters.pop(container.id, []):
             waiter.callback(_wait_response(container))
 
+    # Hooks for the modules that extend the lifecycle (checkpoints, update)
+
+    def locked(self, name_or_id: str, operation: Callable[..., Any], *args: Any):
+        """
+        Run C{operation(container, *args)} under the container's lock, as
+        the lifecycle operations do.
+        """
+        return self._locked(name_or_id, operation, *args)
+
+    def save(self, container: Container) -> Deferred[None]:
+        """
+        Store the container's record.
+        """
+        return self._save(container)
+
+    def publish(self, container: Container, action: str, **extra: object) -> Event:
+        """
+        Publish a container event with the container's name, image and labels.
+        """
+        return self._publish(container, action, **extra)
+
+    def record_failure(self, container: Container, operation: str, error: Exception):
+        """
+        Record a failed operation: the container takes the state the agency
+        reports for its ME.
+        """
+        return self._after_failure(container, operation, error)
+
+    def record_exit(self, container: Container, exit_code: int, error: str = ""):
+        """
+        Record that the engine terminated the container's ME.
+        """
+        return self._exited(container, exit_code, "exited", error)
+
     # Helpers
 
     def _save(self, container: Container) -> Deferred[None]:

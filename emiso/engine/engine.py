@@ -10,6 +10,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from emiso.engine.checkpoints import CheckpointManager
 from emiso.engine.containers import ContainerManager
 from emiso.engine.events import EventBus
 from emiso.engine.images import ImageStore
@@ -41,6 +42,9 @@ class Engine:
             agency,
             os.path.join(config.data_dir, "containers"),
             self.events,
+        )
+        self.checkpoints = CheckpointManager(
+            self.containers, self.images, agency, reactor, self.threadpool
         )
         self.engine_id = ""
         self.host = read_host_facts()
