@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succ
 from twisted.logger import Logger
 
 from emiso.engine.events import Event, EventBus
+from emiso.engine.restart import RestartManager
 from emiso.engine.states import docker_state
 from emiso.errors import (
     AgencyError,
@@ -84,6 +85,7 @@ class Container:
     me_name: str = ""
     spid: int = 0
     removing: bool = False
+    manually_stopped: bool = False
 
     def to_record(self) -> dict:
         """
@@ -149,6 +151,7 @@ class ContainerManager:
         self._exit_waiters: dict[str, list[Deferred]] = {}
         self._remove_waiters: dict[str, list[Deferred]] = {}
         self._reserved_names: set[str] = set()
+        self.restarts = RestartManager(reactor, self, clock)
 
     # Loading and reconciliation
 
@@ -163,6 +166,7 @@ class ContainerManager:
         log.info("Loaded {count} container records", count=len(self._containers))
         yield self.reconcile()
         self._agency.subscribe(self._agency_event)
+        self.restarts.engine_started()
 
     @inlineCallbacks
     def reconcile(self):
@@ -336,14 +340,16 @@ class ContainerManager:
 
     # Lifecycle operations, each under the container's lock
 
-    def start(self, name_or_id: str) -> Deferred[None]:
+    def start(self, name_or_id: str, policy_restart: bool = False) -> Deferred[None]:
         """
         Inject the container's image into a free slot and boot the ME.
 
+        @param policy_restart: the restart policy starts the container, which
+            counts in C{RestartCount}; a start by a user resets the count.
         @raise NotModified: the container is already running.
         @raise Conflict: the container is paused.
         """
-        return self._locked(name_or_id, self._start)
+        return self._locked(name_or_id, self._start, policy_restart)
 
     def stop(self, name_or_id: str) -> Deferred[None]:
         """
@@ -388,6 +394,21 @@ class ContainerManager:
         """
         return self._locked(name_or_id, self._remove, force)
 
+    def rename(self, name_or_id: str, new_name: str) -> Deferred[None]:
+        """
+        Give the container a new name.
+
+        @raise InvalidParameter: the name is empty, invalid or unchanged.
+        @raise Conflict: another container has that name.
+        """
+        return self._locked(name_or_id, self._rename, new_name)
+
+    def update_restart_policy(self, name_or_id: str, policy: dict) -> Deferred[None]:
+        """
+        Replace the container's restart policy (checked by the caller).
+        """
+        return self._locked(name_or_id, self._update_restart_policy, policy)
+
     def wait(self, name_or_id: str, condition: str = "not-running") -> Deferred[dict]:
         """
         Wait for the container to stop (or be removed) and fire with Docker's
@@ -427,7 +448,7 @@ class ContainerManager:
         return result
 
     @inlineCallbacks
-    def _start(self, container: Container):
+    def _start(self, container: Container, policy_restart: bool = False):
         if container.state in ("running", "error") or container.slot is not None:
             if container.state == "paused":
                 raise Conflict(
@@ -436,7 +457,10 @@ class ContainerManager:
             raise NotModified(f"container {container.id} is already started")
         image = self._images.get(container.image_id)
         previous = attrs.evolve(container)
+        self.restarts.cancel(container.id)
         container.operation = "start"
+        container.manually_stopped = False
+        container.restart_count = container.restart_count + 1 if policy_restart else 0
         yield self._save(container)
         try:
             injected = yield self._agency.inject(
@@ -479,6 +503,7 @@ class ContainerManager:
         if not container.running:
             raise NotModified(f"container {container.id} is already stopped")
         container.operation = action
+        container.manually_stopped = True
         yield self._save(container)
         try:
             if container.slot is not None:
@@ -549,12 +574,50 @@ class ContainerManager:
         yield self._store.delete_container(container.id)
         del self._containers[container.id]
         self._locks.pop(container.id, None)
+        self.restarts.forget(container.id)
         shutil.rmtree(os.path.dirname(container.log_path), ignore_errors=True)
         self._publish(container, "destroy")
         for waiter in self._remove_waiters.pop(container.id, []):
             waiter.callback(_wait_response(container))
         log.info("Removed container {id} ({name})", id=container.short_id,
                  name=container.name)
+
+    @inlineCallbacks
+    def _rename(self, container: Container, new_name: str):
+        if not new_name:
+            raise InvalidParameter("Neither old nor new names may be empty")
+        if not NAME_PATTERN.match(new_name):
+            raise InvalidParameter(
+                f"Invalid container name ({new_name}), only "
+                "[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )
+        new_name = new_name.lstrip("/")
+        if new_name == container.name:
+            raise InvalidParameter(
+                "Renaming a container with the same name as its current name"
+            )
+        self._check_name_free(new_name)
+        old_name = container.name
+        container.name = new_name
+        try:
+            yield self._save(container)
+        except Exception:
+            container.name = old_name
+            raise
+        self._publish(container, "rename", oldName="/" + old_name)
+        log.info("Renamed container {id} from {old} to {new}",
+                 id=container.short_id, old=old_name, new=new_name)
+
+    @inlineCallbacks
+    def _update_restart_policy(self, container: Container, policy: dict):
+        previous = container.host_config
+        container.host_config = {**previous, "RestartPolicy": policy}
+        try:
+            yield self._save(container)
+        except Exception:
+            container.host_config = previous
+            raise
+        self._publish(container, "update")
 
     # Agency state changes
 
@@ -618,10 +681,11 @@ class ContainerManager:
             reason=reason,
         )
         state = "exited" if last_state == "terminated" else "dead"
-        return self._exited(container, EXIT_ME_LOST, state, reason)
+        return self._exited(container, EXIT_ME_LOST, state, reason, requested=False)
 
     @inlineCallbacks
-    def _exited(self, container: Container, exit_code: int, state: str, error: str):
+    def _exited(self, container: Container, exit_code: int, state: str, error: str,
+                requested: bool = True):
         container.slot = None
         container.me_state = None
         container.state = state
@@ -633,6 +697,7 @@ class ContainerManager:
         self._publish(container, "die", exitCode=exit_code)
         for waiter in self._exit_waiters.pop(container.id, []):
             waiter.callback(_wait_response(container))
+        self.restarts.container_exited(container, requested)
 
     # Hooks for the modules that extend the lifecycle (checkpoints, update)
 
