@@ -22,6 +22,7 @@ from emiso.api.base import (
 )
 from emiso.api.checkpoints import require_experimental
 from emiso.engine.logs import LogFollower, LogOptions, read_log, thread_pool_reader
+from emiso.engine.restart import validate_restart_policy
 from emiso.engine.states import validate_status_filter
 from emiso.errors import InvalidParameter
 
@@ -79,13 +80,13 @@ class ContainerRoutes:
         host_config = body.get("HostConfig") or {}
         if not isinstance(host_config, dict):
             raise InvalidParameter("HostConfig must be an object")
-        restart = host_config.get("RestartPolicy") or {}
+        restart = validate_restart_policy(host_config.get("RestartPolicy"))
         container = yield self._engine.containers.create(
             query_arg(request, "name") or None,
             image,
             labels,
             config,
-            {"RestartPolicy": restart} if restart else {},
+            {"RestartPolicy": restart} if restart["Name"] != "no" else {},
         )
         request.setResponseCode(201)
         return json_response(request, {"Id": container.id, "Warnings": []})
