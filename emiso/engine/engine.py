@@ -4,6 +4,7 @@ import os
 import platform
 import secrets
 import socket
+import time
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -14,6 +15,7 @@ from emiso.engine.checkpoints import CheckpointManager
 from emiso.engine.containers import ContainerManager
 from emiso.engine.events import EventBus
 from emiso.engine.images import ImageStore
+from emiso.engine.stats import StatsSampler
 from emiso.engine.store import Store
 
 log = Logger()
@@ -46,6 +48,8 @@ class Engine:
         self.checkpoints = CheckpointManager(
             self.containers, self.images, agency, reactor, self.threadpool
         )
+        self.stats = StatsSampler(agency, time.time)
+        self.events.listen(self._forget_removed)
         self.engine_id = ""
         self.host = read_host_facts()
 
@@ -88,11 +92,16 @@ class Engine:
         """
         Stop the agency driver (MEs keep running) and close the store.
         """
+        self.containers.restarts.stop()
         try:
             yield self.agency.stop()
         finally:
             yield self.store.close()
             self.threadpool.stop()
+
+    def _forget_removed(self, event: Any) -> None:
+        if event.type == "container" and event.action == "destroy":
+            self.stats.forget(event.actor_id)
 
     @inlineCallbacks
     def _engine_id(self):
