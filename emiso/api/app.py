@@ -11,13 +11,27 @@ from twisted.web.resource import IResource
 from emiso.api.base import ErrorRoutes, app
 from emiso.api.checkpoints import CheckpointRoutes
 from emiso.api.containers import ContainerRoutes
+from emiso.api.events import EventRoutes
 from emiso.api.images import ImageRoutes
+from emiso.api.maintenance import MaintenanceRoutes
+from emiso.api.objects import ObjectRoutes
+from emiso.api.stats import StatsRoutes
 from emiso.api.system import SystemRoutes
+from emiso.api.unsupported import UnsupportedRoutes
 from emiso.api.versioning import VersionedRoot
 
 
 class DockerAPI(
-    ErrorRoutes, SystemRoutes, ImageRoutes, ContainerRoutes, CheckpointRoutes
+    ErrorRoutes,
+    SystemRoutes,
+    ImageRoutes,
+    ContainerRoutes,
+    CheckpointRoutes,
+    EventRoutes,
+    StatsRoutes,
+    MaintenanceRoutes,
+    ObjectRoutes,
+    UnsupportedRoutes,
 ):
     """
     The routes of the Docker Engine API that SO3 containers support.

@@ -53,6 +53,19 @@ class ErrorRoutes:
     def method_not_allowed(self, request: Any, failure: Any) -> bytes:
         return error_response(request, 404, "page not found")
 
+    @app.handle_errors(Exception)
+    def unexpected_error(self, request: Any, failure: Any) -> bytes:
+        # A bug must still reach the client as a Docker error body.
+        log.failure(
+            "{method} {path} failed unexpectedly",
+            failure,
+            method=request.method.decode(),
+            path=request.path.decode(errors="replace"),
+        )
+        return error_response(
+            request, 500, f"internal engine error: {failure.getErrorMessage()}"
+        )
+
 
 @inlineCallbacks
 def no_content(request: Any, operation: Deferred):
