@@ -217,8 +217,9 @@ class ImageRouteTests(APITestCase):
     def test_pull_rejected(self):
         response, body = yield self.request("POST", "/images/create?fromImage=busybox&tag=latest")
 
-        self.assertEqual(response.code, 404)
-        self.assertIn("cannot be pulled", body["message"])
+        self.assertEqual(response.code, 200)
+        self.assertIn("cannot be pulled", body["error"])
+        self.assertEqual(body["errorDetail"]["message"], body["error"])
 
 
 class ContainerRouteTests(APITestCase):

@@ -15,7 +15,7 @@ from emiso.api.base import (
     remove_quietly,
     spool_body,
 )
-from emiso.errors import InvalidParameter, NoSuchImage
+from emiso.errors import InvalidParameter
 
 
 class ImageRoutes:
@@ -70,11 +70,7 @@ class ImageRoutes:
         force = query_bool(request, "force")
         image = engine.images.get(name)
         items = yield engine.images.remove(name, force, self._image_user)
-        for item in items:
-            if "Untagged" in item:
-                engine.events.publish("image", "untag", image.id, {"name": item["Untagged"]})
-            if "Deleted" in item:
-                engine.events.publish("image", "delete", image.id, {"name": name})
+        publish_removal(engine.events, image.id, name, items)
         return json_response(request, items)
 
     @app.route("/images/<path:name>/tag", methods=["POST"])
@@ -97,19 +93,15 @@ class ImageRoutes:
     def create_image(self, request: Any):
         from_src = query_arg(request, "fromSrc")
         from_image = query_arg(request, "fromImage")
+        if from_image:
+            return self._pull_rejected(request, from_image)
         if from_src != "-":
-            reference = from_image or from_src
-            if from_image:
-                tag = query_arg(request, "tag")
-                if tag and ":" not in from_image.rsplit("/", 1)[-1]:
-                    reference = f"{from_image}:{tag}"
-                raise NoSuchImage(
-                    f"{reference}: SO3 images cannot be pulled from a registry; "
-                    "import the .itb file with docker import or docker load"
-                )
+            # NOTE: dockerd also downloads fromSrc URLs; the engine does not
+            # fetch anything from the network.
             raise InvalidParameter(
-                f"fromSrc={from_src!r} is not supported: send the .itb file as the "
-                "request body with fromSrc=-"
+                f"fromSrc={from_src!r} is not supported: the engine does not "
+                "download images, send the .itb file as the request body with "
+                "fromSrc=-"
             )
         repo, tag = split_reference(query_arg(request, "repo"), query_arg(request, "tag") or None)
         upload = yield spool_body(self._engine, request, self._max_body_size)
@@ -125,6 +117,14 @@ class ImageRoutes:
         request.setHeader(b"Content-Type", JSON)
         return json.dumps({"status": image.id}).encode() + b"\r\n"
 
+    def _pull_rejected(self, request: Any, from_image: str) -> bytes:
+        reference = from_image
+        tag = query_arg(request, "tag")
+        if tag and ":" not in from_image.rsplit("/", 1)[-1]:
+            reference = f"{from_image}:{tag}"
+        request.setHeader(b"Content-Type", JSON)
+        return pull_error_stream(reference) + b"\r\n"
+
     @app.route("/images/load", methods=["POST"])
     @inlineCallbacks
     def load_images(self, request: Any):
@@ -134,6 +134,8 @@ class ImageRoutes:
         finally:
             remove_quietly(upload)
         request.setHeader(b"Content-Type", JSON)
+        # One JSON object per image: Portainer parses the body of a
+        # single-image upload as one JSON value.
         lines = []
         for reference, image in images:
             self._engine.events.publish("image", "load", image.id, {"name": reference or image.id})
@@ -143,6 +145,30 @@ class ImageRoutes:
                 line = f"Loaded image ID: {image.id}\n"
             lines.append(json.dumps({"stream": line}).encode() + b"\n")
         return b"".join(lines)
+
+
+def publish_removal(events: Any, image_id: str, name: str, items: list[dict]) -> None:
+    """
+    Publish the C{untag} and C{delete} events of an image removal.
+    """
+    for item in items:
+        if "Untagged" in item:
+            events.publish("image", "untag", image_id, {"name": item["Untagged"]})
+        if "Deleted" in item:
+            events.publish("image", "delete", image_id, {"name": name})
+
+
+def pull_error_stream(reference: str) -> bytes:
+    """
+    Build the JSON stream of a rejected pull: one in-band error object, as
+    dockerd sends a pull that fails after the response started, which the
+    docker CLI and Portainer print.
+    """
+    message = (
+        f"{reference}: SO3 images cannot be pulled from a registry; import the "
+        ".itb file with docker import or docker load"
+    )
+    return json.dumps({"errorDetail": {"message": message}, "error": message}).encode()
 
 
 def split_reference(repo: str, tag: str | None) -> tuple[str, str | None]:

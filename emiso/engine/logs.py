@@ -570,4 +570,13 @@ class LogFollower:
 
     def _fail(self, failure: Any) -> None:
         log.failure("Following log file {path} failed", failure, path=self.path)
+        if not self._stopped and not self.options.tty:
+            # The headers are out, so the error goes in-band: the docker CLI
+            # and docker-py turn a frame on stream 3 into an error.
+            message = f"error reading the log: {failure.getErrorMessage()}\n"
+            try:
+                self._write(frame("system", message.encode("utf-8", "replace")))
+            except Exception:
+                log.failure("Writing the log error frame for {path} failed",
+                            path=self.path)
         self.stop()
