@@ -104,11 +104,7 @@ class MaintenanceRoutes:
             if not _prune_matches(image.created, image.labels, filters):
                 continue
             try:
-                items = yield engine.images.remove(
-                    image.id,
-                    True,
-                    lambda image_id: engine.containers.uses_image(image_id) is not None,
-                )
+                items = yield engine.images.remove(image.id, True, self._image_user)
             except NoSuchImage:
                 continue
             publish_removal(engine.events, image.id, image.id, items)
