@@ -161,9 +161,10 @@ class DriverProcessTests(SynchronousTestCase):
         finalized = self.driver.request("finalize", slot=2)
         listed = self.driver.request("list")
 
-        self.assertEqual(
-            injected["result"], {"slot": 2, "state": "booting", "size": 8 * 1024 * 1024}
-        )
+        self.assertEqual(injected["result"]["slot"], 2)
+        self.assertEqual(injected["result"]["state"], "booting")
+        self.assertEqual(injected["result"]["size"], 8 * 1024 * 1024)
+        self.assertTrue(injected["result"]["console"].endswith("/run/2.console"))
         self.assertEqual(finalized["result"], {"state": "living"})
         entry = listed["result"]["slots"][0]
         self.assertEqual(entry["state"], "living")

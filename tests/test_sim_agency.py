@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from emiso.agency.sim.agency import (
     read_process_info,
     spawn_detached,
 )
+from emiso.engine.console import connectable_path
 from tests.fitbuilder import build_fit, build_me_dtb
 
 MIB = 1024 * 1024
@@ -179,7 +181,15 @@ class SimAgencyLifecycleTests(SimAgencyTestMixin, SynchronousTestCase):
 
         reply = self.agency.inject(image=image, log=self.log_path(), token="c1")
 
-        self.assertEqual(reply, {"slot": 2, "state": "booting", "size": 16 * MIB})
+        self.assertEqual(
+            reply,
+            {
+                "slot": 2,
+                "state": "booting",
+                "size": 16 * MIB,
+                "console": os.path.join(self.state_dir, "run", "2.console"),
+            },
+        )
         entry = self.slot_entry(self.agency, 2)
         self.assertEqual(entry["state"], "booting")
         self.assertEqual(read_process_info(entry["pid"]).state, "T")
@@ -564,7 +574,14 @@ class SimAgencySnapshotTests(SimAgencyTestMixin, SynchronousTestCase):
         new_slot = written["slot"]
         finalized = self.agency.finalize(new_slot)
 
-        self.assertEqual(written, {"slot": 3, "state": "migrating"})
+        self.assertEqual(
+            written,
+            {
+                "slot": 3,
+                "state": "migrating",
+                "console": os.path.join(self.state_dir, "run", "3.console"),
+            },
+        )
         self.assertEqual(finalized, {"state": "living"})
         wait_for(
             lambda: log_contains(new_log, f"heartbeat {counter + 1}"),
@@ -655,3 +672,100 @@ class SimAgencySnapshotTests(SimAgencyTestMixin, SynchronousTestCase):
 
             self.assertEqual(error.kind, "invalid", case)
         self.assertEqual(self.slot_entry(self.agency, 3), {"slot": 3, "state": "dead"})
+
+
+def console_command(path: str, line: str, timeout: float = 10.0) -> tuple[list, int]:
+    """
+    Run one command on an ME's console socket.
+
+    @return: the C{(stream, text)} output pairs and the exit status.
+    """
+    address, descriptor = connectable_path(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        try:
+            client.connect(address)
+        finally:
+            if descriptor is not None:
+                os.close(descriptor)
+        stream = client.makefile("rb")
+        hello = json.loads(stream.readline())
+        assert hello["console"] == "emiso-sim", hello
+        client.sendall(json.dumps({"id": 7, "line": line}).encode() + b"\n")
+        output = []
+        while True:
+            message = json.loads(stream.readline())
+            assert message["id"] == 7, message
+            if "exit" in message:
+                return output, message["exit"]
+            output.append((message["stream"], message["text"]))
+
+
+class SimConsoleTests(SimAgencyTestMixin, SynchronousTestCase):
+    """The interactive console socket of a simulated ME."""
+
+    def console_path(self, slot):
+        return self.slot_entry(self.agency, slot)["console"]
+
+    def test_status_command(self):
+        slot, log = self.inject_living("console")
+
+        output, status = console_command(self.console_path(slot), "status")
+
+        self.assertEqual(status, 0)
+        self.assertIn(("stdout", f"slot: {slot}"), output)
+        self.assertIn(("stdout", "state: living"), output)
+        self.assertTrue(log_contains(log, "SOO.console> status"))
+        self.assertTrue(log_contains(log, f"slot: {slot}"))
+
+    def test_echo_command(self):
+        slot, _log = self.inject_living("echo")
+
+        output, status = console_command(self.console_path(slot), "echo hello  ME")
+
+        self.assertEqual(output, [("stdout", "hello ME")])
+        self.assertEqual(status, 0)
+
+    def test_unknown_command_fails(self):
+        slot, _log = self.inject_living("unknown")
+
+        output, status = console_command(self.console_path(slot), "reboot now")
+
+        self.assertEqual(output, [("stderr", "so3: reboot: command not found")])
+        self.assertEqual(status, 127)
+
+    def test_heartbeat_off_stops_lines(self):
+        slot, log = self.inject_living("quiet", heartbeat_ms=50)
+        wait_for(lambda: log_contains(log, "heartbeat 1"), what="a heartbeat")
+
+        _output, status = console_command(self.console_path(slot), "heartbeat off")
+        lines_after = len(read_log_lines(log))
+        time.sleep(0.3)
+
+        self.assertEqual(status, 0)
+        self.assertEqual(len(read_log_lines(log)), lines_after)
+
+    def test_bad_heartbeat_argument(self):
+        slot, _log = self.inject_living("badbeat")
+
+        output, status = console_command(self.console_path(slot), "heartbeat maybe")
+
+        self.assertEqual(status, 2)
+        self.assertEqual(output[0][0], "stderr")
+
+    def test_console_survives_new_agency(self):
+        slot, _log = self.inject_living("persist")
+        new_agency = SimAgency(self.state_dir)
+
+        path = self.slot_entry(new_agency, slot)["console"]
+        _output, status = console_command(path, "uptime")
+
+        self.assertEqual(status, 0)
+
+    def test_terminate_removes_socket(self):
+        slot, _log = self.inject_living("gone")
+        path = self.console_path(slot)
+
+        self.agency.terminate(slot)
+
+        self.assertFalse(os.path.exists(path))

@@ -7,6 +7,10 @@ detached process (L{emiso.agency.sim.me}) that outlives the driver. The
 slots are persisted as one JSON file per occupied slot, so a new driver
 finds the running MEs again.
 
+Each ME serves an interactive console on a Unix socket in
+C{<state-dir>/run/<slot>.console} (see L{emiso.agency.sim.me}); C{inject},
+C{write_snapshot} and C{list} return its path as C{console}.
+
 Deviation from generation A: C{terminate} accepts every occupied state
 (the kernel's force-terminate acts only on living and terminated MEs), so
 the engine can always stop a container.
@@ -74,6 +78,7 @@ class SlotRecord:
     pid: int | None = None
     start_time: int | None = None
     resume_path: str | None = None
+    console: str | None = None
     hang: str | None = None
     refuse_migration: bool = False
     # In-memory only: an operation that waits for this ME owns its state.
@@ -284,7 +289,12 @@ class SimAgency:
             name=record.name,
             pid=record.pid,
         )
-        return {"slot": slot, "state": "booting", "size": record.size}
+        return {
+            "slot": slot,
+            "state": "booting",
+            "size": record.size,
+            "console": record.console,
+        }
 
     def finalize(self, slot: int) -> dict:
         """
@@ -478,7 +488,7 @@ class SimAgency:
             slot=slot,
             counter=context["counter"],
         )
-        return {"slot": slot, "state": "migrating"}
+        return {"slot": slot, "state": "migrating", "console": record.console}
 
     def poll(self) -> list[dict]:
         """
@@ -528,6 +538,7 @@ class SimAgency:
             os.path.join(self._slots_dir, f"{record.slot}.json"),
             record.status_path,
             record.resume_path,
+            record.console,
         ]
         for path in paths:
             if path is None:
@@ -641,6 +652,8 @@ class SimAgency:
             argv += ["--exit-after-ms", str(faults.exit_after_ms)]
         if record.resume_path is not None:
             argv += ["--resume", record.resume_path]
+        record.console = os.path.join(self._run_dir, f"{record.slot}.console")
+        argv += ["--console", record.console]
         process = self._spawn(argv, _me_environment())
         self._children[process.pid] = process
         record.pid = process.pid
@@ -847,6 +860,7 @@ class SimAgency:
             "token": record.token,
             "pid": record.pid,
             "log": record.log,
+            "console": record.console,
             "cpu_seconds": info.cpu_seconds if info is not None else None,
             "rss": read_process_rss(record.pid),
         }

@@ -12,10 +12,12 @@ a simulated kernel panic (C{--crash-after-ms}), 2 on bad arguments.
 """
 
 import argparse
+import errno
 import json
 import os
 import select
 import signal
+import socket
 import sys
 import time
 
@@ -25,6 +27,30 @@ MIB = 1024 * 1024
 # frozen by SIGSTOP measures a long gap between two clock readings, and this
 # cap keeps all but this much of the pause out of the ME's running time.
 _MAX_OVERSLEEP = 0.1
+
+#: Console commands and their help text.
+CONSOLE_COMMANDS = {
+    "help": "list the console commands",
+    "status": "show the ME name, SPID, slot, memory and heartbeat",
+    "uptime": "show how long the ME has been living",
+    "echo": "echo TEXT: print TEXT",
+    "heartbeat": "heartbeat [on|off]: show or switch the heartbeat lines",
+}
+
+#: Exit statuses of console commands, as a shell reports them.
+CONSOLE_USAGE_ERROR = 2
+CONSOLE_UNKNOWN_COMMAND = 127
+
+#: Maximum length of a console request line, in bytes. A client that sends
+#: a longer line is disconnected.
+MAX_CONSOLE_LINE = 64 * 1024
+
+#: Maximum number of console clients served at once. Further connections
+#: are closed.
+MAX_CONSOLE_CLIENTS = 16
+
+#: Seconds a console reply may wait for a client that does not read.
+CONSOLE_SEND_TIMEOUT = 2.0
 
 
 def format_console_line(stream: str, text: str, now_ns: int | None = None) -> str:
@@ -61,6 +87,9 @@ class SimulatedME:
             self.counter = int(self.resumed["counter"])
             self.uptime = float(self.resumed["uptime"])
         self._terminate_requested = False
+        self.heartbeat_output = True
+        self.state = "booting"
+        self.console = Console(self, options.console) if options.console else None
         self._wakeup_read, wakeup_write = os.pipe()
         os.set_blocking(self._wakeup_read, False)
         os.set_blocking(wakeup_write, False)
@@ -82,6 +111,7 @@ class SimulatedME:
             "pid": os.getpid(),
         }
         status.update(extra)
+        self.state = state
         write_json_atomically(self.options.status, status)
 
     def run(self) -> int:
@@ -158,21 +188,96 @@ class SimulatedME:
                 # The status goes first: a snapshot taken between the two
                 # writes then never repeats a heartbeat number after resume.
                 self.write_status("living")
-                self.print_line(f"heartbeat {self.counter}")
+                if self.heartbeat_output:
+                    self.print_line(f"heartbeat {self.counter}")
 
     def sleep(self, seconds: float) -> float:
         """
-        Sleep until C{seconds} pass or a signal arrives; return the ME time spent.
+        Serve the console until C{seconds} pass or a signal arrives; return
+        the ME time spent.
 
         At most L{_MAX_OVERSLEEP} seconds of a SIGSTOP pause are counted.
         """
         started = time.monotonic()
-        if seconds > 0:
-            readable, _, _ = select.select([self._wakeup_read], [], [], seconds)
-            if readable:
+        deadline = started + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sources = [self._wakeup_read]
+            if self.console is not None:
+                sources += self.console.sockets()
+            readable, _, _ = select.select(sources, [], [], remaining)
+            if self._wakeup_read in readable:
                 self._drain_wakeup()
+                break
+            if self.console is not None:
+                self.console.serve(readable)
         elapsed = time.monotonic() - started
         return min(elapsed, seconds + _MAX_OVERSLEEP)
+
+    def run_command(self, line: str, reply) -> int:
+        """
+        Run one console command line; return its exit status.
+
+        @param reply: called with C{(stream, text)} for each output line,
+            after the line went to the console log.
+        """
+
+        def output(text: str, stream: str = "stdout") -> None:
+            self.print_line(text, stream)
+            reply(stream, text)
+
+        words = line.split()
+        if not words:
+            return 0
+        command, arguments = words[0], words[1:]
+        if command == "help":
+            output("Commands of the EMISO simulated ME console:")
+            for name, text in CONSOLE_COMMANDS.items():
+                output(f"  {name:<10} {text}")
+            return 0
+        if command == "echo":
+            output(" ".join(arguments))
+            return 0
+        if command == "uptime":
+            output(
+                f"up {format_duration(self.uptime)} ({self.uptime:.1f} s living), "
+                f"heartbeat {self.counter}"
+            )
+            return 0
+        if command == "status":
+            options = self.options
+            for text in (
+                f"name: {options.name}",
+                f"spid: 0x{options.spid:016x}",
+                f"slot: {options.slot}",
+                f"state: {self.state}",
+                f"memory: {options.size // MIB} MiB ({options.size} bytes)",
+                f"heartbeat: {self.counter}, every {options.heartbeat_ms} ms, "
+                f"output {'on' if self.heartbeat_output else 'off'}",
+                f"uptime: {self.uptime:.1f} s",
+                f"image: {options.image}",
+            ):
+                output(text)
+            return 0
+        if command == "heartbeat":
+            return self._heartbeat_command(arguments, output)
+        output(f"so3: {command}: command not found", "stderr")
+        return CONSOLE_UNKNOWN_COMMAND
+
+    def _heartbeat_command(self, arguments: list[str], output) -> int:
+        if arguments in (["on"], ["off"]):
+            self.heartbeat_output = arguments[0] == "on"
+        elif arguments:
+            output(
+                f"heartbeat: expected on or off, got {' '.join(arguments)!r}",
+                "stderr",
+            )
+            return CONSOLE_USAGE_ERROR
+        state = "on" if self.heartbeat_output else "off"
+        output(f"heartbeat output {state}, counter {self.counter}")
+        return 0
 
     def shut_down(self, reason: str) -> int:
         """Print the shutdown line, record state terminated; return status 0."""
@@ -201,6 +306,136 @@ class SimulatedME:
                 pass
         except BlockingIOError:
             pass
+
+
+def format_duration(seconds: float) -> str:
+    """Format a duration as C{H:MM:SS}."""
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+class Console:
+    """
+    The console socket of an ME and its connected clients.
+
+    All sockets are served from the ME's one thread: L{SimulatedME.sleep}
+    selects on L{sockets} and passes the readable ones to L{serve}.
+    """
+
+    def __init__(self, me: SimulatedME, path: str) -> None:
+        self.me = me
+        self.path = path
+        self.prompt = f"{me.options.name}> "
+        self._clients: dict[socket.socket, bytearray] = {}
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A Unix socket address holds at most 107 bytes, but a name relative
+        # to the working directory may sit in a folder of any path length.
+        # The ME opens every other file by its absolute path.
+        directory, name = os.path.split(path)
+        os.chdir(directory)
+        self._listener.bind(name)
+        self._listener.listen(8)
+        self._listener.setblocking(False)
+
+    def sockets(self) -> list[socket.socket]:
+        """Return the listening socket and the client sockets."""
+        return [self._listener, *self._clients]
+
+    def serve(self, readable: list) -> None:
+        """Accept new clients and run the complete request lines received."""
+        for sock in readable:
+            if sock is self._listener:
+                self._accept()
+            elif sock in self._clients:
+                self._receive(sock)
+
+    def close(self) -> None:
+        """Disconnect the clients and remove the socket file."""
+        for sock in list(self._clients):
+            self._drop(sock)
+        self._listener.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if len(self._clients) >= MAX_CONSOLE_CLIENTS:
+            sock.close()
+            return
+        sock.settimeout(CONSOLE_SEND_TIMEOUT)
+        self._clients[sock] = bytearray()
+        self._send(
+            sock,
+            {
+                "console": "emiso-sim",
+                "version": 1,
+                "name": self.me.options.name,
+                "slot": self.me.options.slot,
+                "prompt": self.prompt,
+            },
+        )
+
+    def _receive(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(4096)
+        except OSError as error:
+            if error.errno in (errno.EAGAIN, errno.EINTR):
+                return
+            data = b""
+        if not data:
+            self._drop(sock)
+            return
+        buffer = self._clients[sock]
+        buffer += data
+        while sock in self._clients:
+            end = buffer.find(b"\n")
+            if end < 0:
+                if len(buffer) > MAX_CONSOLE_LINE:
+                    self._drop(sock)
+                break
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            self._request(sock, line)
+
+    def _request(self, sock: socket.socket, raw: bytes) -> None:
+        try:
+            request = json.loads(raw)
+            line = request["line"]
+            if not isinstance(line, str):
+                raise TypeError("line must be a string")
+        except (ValueError, KeyError, TypeError) as error:
+            self._send(sock, {"error": f"invalid console request: {error}"})
+            return
+        request_id = request.get("id")
+        line = line.replace("\r", "").strip()
+        self.me.print_line(f"{self.prompt}{line}")
+
+        def reply(stream: str, text: str) -> None:
+            self._send(sock, {"id": request_id, "stream": stream, "text": text})
+
+        status = self.me.run_command(line, reply)
+        self._send(sock, {"id": request_id, "exit": status})
+
+    def _send(self, sock: socket.socket, message: dict) -> None:
+        if sock not in self._clients:
+            return
+        try:
+            sock.sendall(json.dumps(message).encode() + b"\n")
+        except OSError:
+            self._drop(sock)
+
+    def _drop(self, sock: socket.socket) -> None:
+        self._clients.pop(sock, None)
+        sock.close()
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -238,6 +473,11 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         help="shut down (exit status 0) after this many milliseconds of living",
     )
     parser.add_argument(
+        "--console",
+        default=None,
+        help="path of the Unix socket that serves the interactive console",
+    )
+    parser.add_argument(
         "--resume",
         default=None,
         help="JSON file with the saved context to resume from (counter, uptime)",
@@ -260,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
         me.print_line(f"simulated ME failed: {error!r}", stream="stderr")
         me.write_status("crashed", exit_status=3, reason=repr(error))
         return 3
+    finally:
+        if me.console is not None:
+            me.console.close()
 
 
 if __name__ == "__main__":
