@@ -101,3 +101,14 @@ class AgencyTimeout(AgencyError):
 
 class DriverDied(AgencyError):
     """The agency driver process exited while a request was in flight."""
+
+
+class NoSuchExec(NotFound):
+    """No exec instance has this id."""
+
+    def __init__(self, exec_id: str) -> None:
+        super().__init__(f"No such exec instance: {exec_id}")
+
+
+class ConsoleUnavailable(AgencyError):
+    """The console of a running ME cannot be reached."""

@@ -12,6 +12,7 @@ from emiso.api.base import ErrorRoutes, app
 from emiso.api.checkpoints import CheckpointRoutes
 from emiso.api.containers import ContainerRoutes
 from emiso.api.events import EventRoutes
+from emiso.api.execs import ExecRoutes
 from emiso.api.images import ImageRoutes
 from emiso.api.maintenance import MaintenanceRoutes
 from emiso.api.objects import ObjectRoutes
@@ -26,6 +27,7 @@ class DockerAPI(
     SystemRoutes,
     ImageRoutes,
     ContainerRoutes,
+    ExecRoutes,
     CheckpointRoutes,
     EventRoutes,
     StatsRoutes,

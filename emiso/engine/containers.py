@@ -86,6 +86,8 @@ class Container:
     spid: int = 0
     removing: bool = False
     manually_stopped: bool = False
+    #: Unix socket of the ME's console, when the agency gives one.
+    console: str | None = None
 
     def to_record(self) -> dict:
         """
@@ -201,6 +203,8 @@ class ContainerManager:
         changed = container.slot != entry["slot"] or container.me_state != entry["state"]
         container.slot = entry["slot"]
         container.me_state = entry["state"]
+        if "console" in entry:
+            container.console = entry["console"]
         state = docker_state(entry["state"])
         if state != container.state:
             changed = True
@@ -473,6 +477,7 @@ class ContainerManager:
         container.slot = injected["slot"]
         container.me_state = injected.get("state", "booting")
         container.me_size = injected.get("size", container.me_size)
+        container.console = injected.get("console")
         container.started_at = self._clock()
         container.finished_at = None
         container.exit_code = 0
@@ -688,6 +693,7 @@ class ContainerManager:
                 requested: bool = True):
         container.slot = None
         container.me_state = None
+        container.console = None
         container.state = state
         container.exit_code = exit_code
         container.error = error
@@ -776,7 +782,10 @@ def parse_signal(value: str) -> int:
 
 def _wait_response(container: Container) -> dict:
     body: dict = {"StatusCode": container.exit_code}
-    if container.error:
+    # The docker CLI turns any wait Error into its own exit status 125, so
+    # an ME that shut itself down (exited, not dead) reports none, and an
+    # attached "docker run" exits with the container's exit code.
+    if container.error and container.state == "dead":
         body["Error"] = {"Message": container.error}
     return body
 

@@ -14,6 +14,7 @@ from twisted.python.threadpool import ThreadPool
 from emiso.engine.checkpoints import CheckpointManager
 from emiso.engine.containers import ContainerManager
 from emiso.engine.events import EventBus
+from emiso.engine.execs import ExecManager
 from emiso.engine.images import ImageStore
 from emiso.engine.stats import StatsSampler
 from emiso.engine.store import Store
@@ -50,6 +51,7 @@ class Engine:
         )
         self.stats = StatsSampler(agency, time.time)
         self.events.listen(self._forget_removed)
+        self.execs = ExecManager(reactor, self.containers)
         self.engine_id = ""
         self.host = read_host_facts()
 
