@@ -497,6 +497,7 @@ class CheckpointManager:
             yield self._put_back(container, previous)
             raise _restore_failed(container, name, error)
         container.slot = slot
+        container.console = written.get("console")
         container.me_state = finalized.get("state", "living")
         container.state = docker_state(container.me_state)
         container.started_at = self._clock()
