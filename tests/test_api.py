@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from emiso.agency.interfaces import IAgency
+from emiso.api import containers as containers_api
 from emiso.api.app import DockerAPI
 from emiso.config import resolve
 from emiso.engine.engine import Engine
@@ -426,3 +427,22 @@ class ContainerRouteTests(APITestCase):
 
         self.assertEqual(response.code, 400)
         self.assertIn("at least one stream", body["message"])
+
+    @inlineCallbacks
+    def test_logs_follow_stopped_whole(self):
+        yield self.create("finished")
+        container = self.engine.containers.get("finished")
+        with open(container.log_path, "wb") as log:
+            for number in range(2000):
+                log.write(b"2026-01-01T00:00:00.000000000Z stdout line %d\n" % number)
+        # Without a grace period, the stream must still wait for the
+        # initial read of the log in the thread pool.
+        self.patch(containers_api, "FOLLOW_GRACE", 0)
+
+        response, body = yield self.request(
+            "GET", "/containers/finished/logs?stdout=1&follow=1"
+        )
+
+        self.assertEqual(response.code, 200)
+        self.assertEqual(body.count(b"line "), 2000)
+        self.assertTrue(body.endswith(b"line 1999\n"))

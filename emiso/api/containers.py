@@ -181,15 +181,23 @@ class ContainerRoutes:
         follower = LogFollower(
             container.log_path, options, engine.reactor, request.write, reader=reader
         )
+        request.notifyFinish().addBoth(lambda _: follower.stop())
+        initial = follower.start()
+        # A container that is not running appends nothing, so its stream
+        # ends once the initial frames are written.
+        grace = FOLLOW_GRACE if container.running else 0
         exited = engine.containers.wait(container.id, "not-running")
 
+        def stop_later(_: object) -> None:
+            engine.reactor.callLater(grace, follower.stop)
+
         def container_stopped(_: object) -> None:
-            # Give the follower one more poll for the ME's last lines.
-            engine.reactor.callLater(FOLLOW_GRACE, follower.stop)
+            # The grace period starts after the initial frames, so that a
+            # long log is sent whole, and gives the follower one more poll
+            # for the ME's last lines.
+            initial.addCallback(stop_later)
 
         exited.addCallbacks(container_stopped, ignore_cancel)
-        request.notifyFinish().addBoth(lambda _: follower.stop())
-        follower.start()
         done = follower.done
         done.addBoth(lambda result: (exited.cancel(), None)[1])
         return done
