@@ -529,6 +529,83 @@ class ThreadPoolReadTests(LogFileMixin, TestCase):
         return d
 
 
+class LogStreamerTests(LogFileMixin, SynchronousTestCase):
+    """LogStreamer with the inline reader and small chunks."""
+
+    def stream(self, path, chunk_size=40, **kw):
+        written = []
+        streamer = logs.LogStreamer(
+            path, options(**kw), written.append, logs.inline_reader, chunk_size
+        )
+        return streamer, written
+
+    def test_same_frames_as_read_log(self):
+        path = self.make_log(SAMPLE + b"not a log line\n" + log_line(3, "stderr", "six"))
+        streamer, written = self.stream(path)
+
+        end = self.successResultOf(streamer.run())
+
+        self.assertEqual(b"".join(written), b"".join(self.read(path, options())))
+        self.assertEqual(end, os.path.getsize(path))
+
+    def test_several_chunks(self):
+        path = self.make_log(SAMPLE)
+        streamer, written = self.stream(path)
+
+        self.successResultOf(streamer.run())
+
+        self.assertGreater(len(written), 1)
+
+    def test_line_longer_than_chunk(self):
+        long_text = "y" * 200
+        path = self.make_log(SAMPLE + log_line(3, "stdout", long_text))
+        streamer, written = self.stream(path)
+
+        self.successResultOf(streamer.run())
+
+        self.assertTrue(b"".join(written).endswith(long_text.encode() + b"\n"))
+
+    def test_partial_last_line_left(self):
+        line = log_line(3, "stdout", "six")
+        path = self.make_log(SAMPLE + line[:10])
+        streamer, written = self.stream(path)
+
+        end = self.successResultOf(streamer.run())
+
+        self.assertEqual(end, len(SAMPLE))
+        self.assertNotIn(b"six", b"".join(written))
+
+    def test_paused_reads_nothing(self):
+        path = self.make_log(SAMPLE)
+        streamer, written = self.stream(path)
+        streamer.pauseProducing()
+
+        running = streamer.run()
+        paused_writes = list(written)
+        streamer.resumeProducing()
+
+        self.assertEqual(paused_writes, [])
+        self.assertEqual(b"".join(written), b"".join(self.read(path, options())))
+        self.successResultOf(running)
+
+    def test_stop_ends_early(self):
+        path = self.make_log(SAMPLE)
+        streamer, written = self.stream(path)
+        streamer.pauseProducing()
+        running = streamer.run()
+
+        streamer.stopProducing()
+
+        self.assertEqual(written, [])
+        self.assertEqual(self.successResultOf(running), 0)
+
+    def test_missing_file_empty(self):
+        streamer, written = self.stream(self.mktemp())
+
+        self.assertEqual(self.successResultOf(streamer.run()), 0)
+        self.assertEqual(written, [])
+
+
 class LogFollowerTests(LogFileMixin, SynchronousTestCase):
     """LogFollower with task.Clock and real files."""
 

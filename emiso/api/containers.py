@@ -21,7 +21,13 @@ from emiso.api.base import (
     version_at_least,
 )
 from emiso.api.checkpoints import require_experimental
-from emiso.engine.logs import LogFollower, LogOptions, read_log, thread_pool_reader
+from emiso.engine.logs import (
+    LogFollower,
+    LogOptions,
+    LogStreamer,
+    read_log,
+    thread_pool_reader,
+)
 from emiso.engine.restart import validate_restart_policy
 from emiso.engine.states import validate_status_filter
 from emiso.errors import InvalidParameter
@@ -164,11 +170,19 @@ class ContainerRoutes:
         if version_at_least(request, (1, 42)):
             content_type = b"application/vnd.docker.multiplexed-stream"
         request.setHeader(b"Content-Type", content_type)
-        if not options.follow:
+        if options.follow:
+            return self._follow(request, engine, container, options, reader)
+        if options.tail is not None:
             d = read_log(container.log_path, options, reader)
             d.addCallback(b"".join)
             return d
-        return self._follow(request, engine, container, options, reader)
+        streamer = LogStreamer(container.log_path, options, request.write, reader)
+        request.registerProducer(streamer, True)
+        request.notifyFinish().addErrback(lambda _: streamer.stopProducing())
+        d = streamer.run()
+        d.addBoth(lambda result: (request.unregisterProducer(), result)[1])
+        d.addCallback(lambda _: b"")
+        return d
 
     def _follow(self, request: Any, engine: Any, container: Any, options: Any,
                 reader: Any) -> Deferred:

@@ -14,7 +14,7 @@ import struct
 from typing import Any, BinaryIO, Callable, Iterable
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -407,6 +407,106 @@ def read_log(path: str, options: LogOptions, reader: Reader) -> Deferred:
 
     d.addCallback(records_only)
     return d
+
+
+def _complete_size(path: str) -> int:
+    """Return the offset just after the last complete line (blocking)."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return 0
+    with handle:
+        return _complete_end(handle, os.fstat(handle.fileno()).st_size)
+
+
+def _read_frames(
+    path: str, line_filter: _LineFilter, offset: int, end: int, limit: int
+) -> tuple[bytes, int, int]:
+    """
+    Frame the complete lines after C{offset}, reading about C{limit} bytes
+    and never past C{end}, which must follow a newline (blocking).
+
+    @return: the frames, the offset after the last line read and the
+        number of malformed lines skipped.
+    """
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(min(limit, end - offset))
+        cut = data.rfind(b"\n") + 1
+        while cut == 0 and offset + len(data) < end:
+            # A line longer than limit: read on to its newline.
+            more = handle.read(min(limit, end - offset - len(data)))
+            if not more:
+                break
+            newline = more.find(b"\n")
+            data += more
+            if newline >= 0:
+                cut = len(data) - len(more) + newline + 1
+    if cut == 0:
+        return b"", end, 0
+    batch = LogBatch(lines=[], end_offset=offset + cut)
+    _parse_lines(data[: cut - 1].split(b"\n"), batch)
+    return b"".join(line_filter.records(batch.lines)), offset + cut, batch.malformed
+
+
+class LogStreamer:
+    """
+    Writes the frames of a log file up to its end at start time, one chunk
+    of about C{chunk_size} bytes at a time, so that memory use does not grow
+    with the file.  As a Twisted push producer it reads nothing while its
+    consumer is paused.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        options: LogOptions,
+        write: Callable[[bytes], None],
+        reader: Reader,
+        chunk_size: int = FOLLOW_READ_LIMIT,
+    ) -> None:
+        self.path = path
+        self.line_filter = _LineFilter(options)
+        self._write = write
+        self._reader = reader
+        self._chunk_size = chunk_size
+        self._paused: Deferred | None = None
+        self._stopped = False
+
+    def pauseProducing(self) -> None:
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self.resumeProducing()
+
+    @inlineCallbacks
+    def run(self):
+        """
+        Write the frames; the returned Deferred fires with the offset after
+        the last line read once done or stopped.
+        """
+        end = yield self._reader(_complete_size, self.path)
+        offset = 0
+        malformed = 0
+        while offset < end and not self._stopped and not self.line_filter.ended:
+            if self._paused is not None:
+                yield self._paused
+                continue
+            data, offset, skipped = yield self._reader(
+                _read_frames, self.path, self.line_filter, offset, end, self._chunk_size
+            )
+            malformed += skipped
+            if data and not self._stopped:
+                self._write(data)
+        _report_malformed(self.path, LogBatch([], offset, malformed))
+        return offset
 
 
 def _read_appended(path: str, offset: int, limit: int) -> tuple[bytes, int]:
