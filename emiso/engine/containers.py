@@ -460,8 +460,11 @@ class ContainerManager:
                 )
             raise NotModified(f"container {container.id} is already started")
         image = self._images.get(container.image_id)
+        exit_state = self.restarts.cancel(container.id)
         previous = attrs.evolve(container)
-        self.restarts.cancel(container.id)
+        if previous.state == "restarting":
+            # A failed start leaves the container in the state of its exit.
+            previous.state = exit_state or "exited"
         container.operation = "start"
         container.manually_stopped = False
         container.restart_count = container.restart_count + 1 if policy_restart else 0
@@ -505,6 +508,12 @@ class ContainerManager:
     @inlineCallbacks
     def _stop(self, container: Container, exit_code: int = EXIT_STOPPED,
               action: str = "stop"):
+        if container.state == "restarting" and action == "stop":
+            # As in dockerd, stopping a restarting container cancels the restart.
+            container.state = self.restarts.cancel(container.id) or "exited"
+            container.manually_stopped = True
+            yield self._save(container)
+            return
         if not container.running:
             raise NotModified(f"container {container.id} is already stopped")
         container.operation = action
@@ -699,11 +708,12 @@ class ContainerManager:
         container.error = error
         container.finished_at = self._clock()
         container.operation = None
+        if self.restarts.container_exited(container, requested):
+            container.state = "restarting"
         yield self._save(container)
         self._publish(container, "die", exitCode=exit_code)
         for waiter in self._exit_waiters.pop(container.id, []):
             waiter.callback(_wait_response(container))
-        self.restarts.container_exited(container, requested)
 
     # Hooks for the modules that extend the lifecycle (checkpoints, update)
 

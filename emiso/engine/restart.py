@@ -103,17 +103,22 @@ class RestartManager:
         self._clock = clock
         self._pending: dict[str, Any] = {}
         self._delays: dict[str, float] = {}
+        self._exit_states: dict[str, str] = {}
 
-    def container_exited(self, container: Any, requested: bool) -> None:
+    def container_exited(self, container: Any, requested: bool) -> bool:
         """
         Schedule a restart of a container whose ME left its slot.
 
+        The caller shows the container as C{restarting} until the restart
+        starts; L{cancel} returns the state of its exit.
+
         @param requested: the exit came from a stop, kill or removal, which
             never restarts the container.
+        @return: whether a restart is scheduled.
         """
         self.cancel(container.id)
         if requested or not should_restart(container):
-            return
+            return False
         delay = self._next_delay(container)
         log.info(
             "Restarting container {id} in {delay:.1f} s (restart policy {policy})",
@@ -121,17 +126,23 @@ class RestartManager:
             delay=delay,
             policy=container.host_config["RestartPolicy"].get("Name"),
         )
+        self._exit_states[container.id] = container.state
         self._pending[container.id] = self._reactor.callLater(
             delay, self._restart, container.id
         )
+        return True
 
-    def cancel(self, container_id: str) -> None:
+    def cancel(self, container_id: str) -> str | None:
         """
         Drop the pending restart of a container, if any.
+
+        @return: the state of the exit that scheduled the restart (C{exited}
+            or C{dead}), or C{None} when none was kept.
         """
         call = self._pending.pop(container_id, None)
         if call is not None and call.active():
             call.cancel()
+        return self._exit_states.pop(container_id, None)
 
     def forget(self, container_id: str) -> None:
         """
@@ -157,7 +168,9 @@ class RestartManager:
 
     def stop(self) -> None:
         """
-        Cancel every pending restart, at engine shutdown.
+        Cancel every pending restart, at engine shutdown. The containers
+        keep the C{restarting} state in the store, and the next engine
+        start restarts them.
         """
         for container_id in list(self._pending):
             self.cancel(container_id)
@@ -176,6 +189,7 @@ class RestartManager:
 
     def _restart(self, container_id: str) -> None:
         self._pending.pop(container_id, None)
+        # _start cancels, which returns the kept exit state for its failure path.
         d = self._containers.start(container_id, policy_restart=True)
 
         def failed(failure: Any) -> None:
