@@ -348,3 +348,21 @@ class PortainerReplayTests(SynchronousTestCase):
 
         self.assertEqual(status, 501)
         self.assertIn("volumes are not supported", json.loads(data)["message"])
+
+    def test_image_tag_remove(self):
+        status, headers, data = self.engine.request(
+            "POST", "/v1.41/images/refso3-sim:latest/tag?repo=portainer-tag&tag=v1"
+        )
+        _, images = self.get("/images/json")
+        removed_status, _, removed = self.engine.request(
+            "DELETE", "/v1.41/images/portainer-tag:v1?force=true"
+        )
+
+        tags = [tag for image in images for tag in image["RepoTags"]]
+        self.assertEqual(status, 201)
+        self.assertEqual(data, b"")
+        self.assertNotIn("Content-Type", headers)
+        self.assertEqual(headers["Api-Version"], "1.44")
+        self.assertIn("portainer-tag:v1", tags)
+        self.assertEqual(removed_status, 200)
+        self.assertEqual(json.loads(removed), [{"Untagged": "portainer-tag:v1"}])

@@ -49,4 +49,5 @@ class SystemRoutes:
             },
             experimental=engine.config.experimental,
         )
+        body["NEventsListener"] = engine.events.listener_count
         return json_response(request, body)

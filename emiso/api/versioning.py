@@ -88,6 +88,9 @@ class VersionedRoot(Resource):
         return self._api.render(request)
 
     def _set_headers(self, request: Any) -> None:
+        # Twisted would label a body without Content-Type as text/html; the
+        # routes set the type of every body they send.
+        request.defaultContentType = None
         request.setHeader(b"Api-Version", API_VERSION.encode())
         request.setHeader(b"Ostype", b"linux")
         request.setHeader(b"Server", b"Docker/EMISO (linux)")
