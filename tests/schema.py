@@ -293,6 +293,10 @@ def _operations() -> dict:
             operations.setdefault(template, {})[method] = responses
     for template, methods in _CHECKPOINT_OPERATIONS.items():
         operations.setdefault(template, {}).update(methods)
+    # dockerd reports ExitCode null while an exec runs (moby's ExecInspect
+    # has ExitCode *int), although the specification types it integer.
+    exec_inspect = operations["/exec/{id}/json"]["get"][200]
+    exec_inspect["properties"]["ExitCode"]["type"] = ["integer", "null"]
     return operations
 
 

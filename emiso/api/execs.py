@@ -88,7 +88,7 @@ class ExecRoutes:
             return b""
         content_type = stream_content_type(request, instance.tty)
         if wants_upgrade(request):
-            connection = hijack(request, content_type)
+            connection = hijack(request, content_type, self._engine.reactor)
             session.attach(connection)
             connection.set_receiver(session)
             return (yield _until_cancelled())
@@ -125,7 +125,7 @@ class ExecRoutes:
         # lines go out as stdcopy frames.
         content_type = stream_content_type(request, False)
         if wants_upgrade(request):
-            connection = hijack(request, content_type)
+            connection = hijack(request, content_type, self._engine.reactor)
             session.attach(connection)
             connection.set_receiver(session)
             return _until_cancelled()

@@ -33,6 +33,13 @@ from emiso.engine.execs import IStream
 
 log = Logger()
 
+#: Seconds the first stream bytes wait after the 101 head. docker-py reads
+#: the head through a buffered reader and the stream from the socket under
+#: it, so bytes that arrive with the head are lost to it.
+#: NOTE: a delay makes this unlikely, not impossible, on a loaded host;
+#: dockerd has the same race but its exec processes take longer to start.
+OUTPUT_DELAY = 0.05
+
 RAW_STREAM = b"application/vnd.docker.raw-stream"
 MULTIPLEXED_STREAM = b"application/vnd.docker.multiplexed-stream"
 
@@ -63,6 +70,8 @@ class HijackedConnection(Protocol):
 
     def __init__(self, original: Any) -> None:
         self._original = original
+        self._held: list[bytes] | None = []
+        self._close_held = False
         self._receiver: Any = None
         self._pending: list[bytes] = []
         self._input_ended = False
@@ -79,14 +88,30 @@ class HijackedConnection(Protocol):
         if self._closed:
             receiver.connection_lost()
 
+    def release(self) -> None:
+        """Send the bytes held since the head, and send later ones at once."""
+        held, self._held = self._held, None
+        if held is None or self._closed:
+            return
+        if held:
+            self.transport.write(b"".join(held))
+        if self._close_held:
+            self.transport.loseConnection()
+
     # IStream
 
     def write(self, data: bytes) -> None:
-        if not self._closed and data:
+        if self._closed or not data:
+            return
+        if self._held is not None:
+            self._held.append(data)
+        else:
             self.transport.write(data)
 
     def close(self) -> None:
-        if not self._closed:
+        if self._held is not None:
+            self._close_held = True
+        elif not self._closed:
             self.transport.loseConnection()
 
     # IProtocol and IHalfCloseableProtocol
@@ -112,9 +137,12 @@ class HijackedConnection(Protocol):
         self._original.connectionLost(reason)
 
 
-def hijack(request: Any, content_type: bytes) -> HijackedConnection:
+def hijack(request: Any, content_type: bytes, clock: Any) -> HijackedConnection:
     """
     Answer C{101 UPGRADED} and take the connection over from the HTTP channel.
+
+    @param clock: provides C{callLater}, to release the output held for
+        L{OUTPUT_DELAY} seconds after the head.
 
     @return: the L{HijackedConnection}; its receiver is set by the caller.
     """
@@ -142,6 +170,7 @@ def hijack(request: Any, content_type: bytes) -> HijackedConnection:
     transport.resumeProducing()
     if buffered:
         connection.dataReceived(buffered)
+    clock.callLater(OUTPUT_DELAY, connection.release)
     log.debug("Hijacked the connection of {method} {path}",
               method=request.method, path=request.path)
     return connection
