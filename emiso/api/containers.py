@@ -5,6 +5,7 @@ import time
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
 
 from emiso.api import render
 from emiso.api.base import (
@@ -25,12 +26,15 @@ from emiso.engine.logs import (
     LogFollower,
     LogOptions,
     LogStreamer,
+    frame,
     read_log,
     thread_pool_reader,
 )
 from emiso.engine.restart import validate_restart_policy
 from emiso.engine.states import validate_status_filter
 from emiso.errors import InvalidParameter
+
+log = Logger()
 
 #: Create-body fields the engine keeps in the container record.
 CREATE_FIELDS_KEPT = ("Env", "Cmd")
@@ -182,6 +186,7 @@ class ContainerRoutes:
         d = streamer.run()
         d.addBoth(lambda result: (request.unregisterProducer(), result)[1])
         d.addCallback(lambda _: b"")
+        d.addErrback(log_error_in_band, request, container.id)
         return d
 
     def _follow(self, request: Any, engine: Any, container: Any, options: Any,
@@ -215,6 +220,21 @@ class ContainerRoutes:
         done = follower.done
         done.addBoth(lambda result: (exited.cancel(), None)[1])
         return done
+
+
+def log_error_in_band(failure: Any, request: Any, container_id: str) -> Any:
+    """
+    Send a log read error that happens after the first frame as a frame on
+    stream 3, which the docker CLI and docker-py raise as an error; before
+    the first frame the error stays an HTTP error response.
+    """
+    if not request.startedWriting:
+        return failure
+    log.failure("Reading the log of container {id} failed", failure,
+                id=container_id[:12])
+    message = f"error reading the log: {failure.getErrorMessage()}\n"
+    request.write(frame("system", message.encode("utf-8", "replace")))
+    return b""
 
 
 def container_filters(request: Any) -> dict[str, list[str]]:
