@@ -64,6 +64,31 @@ _CHECKPOINT_OPERATIONS = {
     },
 }
 
+# The engine's own routes, which Docker does not have; the engine's README
+# documents their bodies.
+_ENGINE_OPERATIONS = {
+    "/containers/{id}/so3/update": {
+        "post": {
+            200: {
+                "type": "object",
+                "required": ["Id", "Image", "PreviousImage", "Warnings"],
+                "properties": {
+                    "Id": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "Image": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
+                    "PreviousImage": {
+                        "type": "string",
+                        "pattern": "^sha256:[0-9a-f]{64}$",
+                    },
+                    "Warnings": {"type": "array", "items": {"type": "string"}},
+                },
+                "additionalProperties": False,
+            },
+            404: _ERROR_SCHEMA,
+            500: _ERROR_SCHEMA,
+        },
+    },
+}
+
 # Schema keywords that do not constrain a value (or that this validator does
 # not check, such as Swagger formats like "dateTime" and "uint64").
 _IGNORED_KEYWORDS = frozenset(
@@ -291,8 +316,9 @@ def _operations() -> dict:
                     None if schema is None else convert_schema(schema)
                 )
             operations.setdefault(template, {})[method] = responses
-    for template, methods in _CHECKPOINT_OPERATIONS.items():
-        operations.setdefault(template, {}).update(methods)
+    for extra in (_CHECKPOINT_OPERATIONS, _ENGINE_OPERATIONS):
+        for template, methods in extra.items():
+            operations.setdefault(template, {}).update(methods)
     # dockerd reports ExitCode null while an exec runs (moby's ExecInspect
     # has ExitCode *int), although the specification types it integer.
     exec_inspect = operations["/exec/{id}/json"]["get"][200]

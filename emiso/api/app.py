@@ -19,6 +19,7 @@ from emiso.api.objects import ObjectRoutes
 from emiso.api.stats import StatsRoutes
 from emiso.api.system import SystemRoutes
 from emiso.api.unsupported import UnsupportedRoutes
+from emiso.api.update import UpdateRoutes
 from emiso.api.versioning import VersionedRoot
 
 
@@ -34,6 +35,7 @@ class DockerAPI(
     MaintenanceRoutes,
     ObjectRoutes,
     UnsupportedRoutes,
+    UpdateRoutes,
 ):
     """
     The routes of the Docker Engine API that SO3 containers support.

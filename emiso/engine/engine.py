@@ -18,6 +18,7 @@ from emiso.engine.execs import ExecManager
 from emiso.engine.images import ImageStore
 from emiso.engine.stats import StatsSampler
 from emiso.engine.store import Store
+from emiso.engine.update import UpdateManager
 
 log = Logger()
 
@@ -52,6 +53,7 @@ class Engine:
         self.stats = StatsSampler(agency, time.time)
         self.events.listen(self._forget_removed)
         self.execs = ExecManager(reactor, self.containers)
+        self.updates = UpdateManager(self.containers, self.images, agency, reactor)
         self.engine_id = ""
         self.host = read_host_facts()
 
