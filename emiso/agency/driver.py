@@ -35,9 +35,15 @@ PLANNED_BACKENDS = ("soo",)
 
 def _make_sim_backend(options: argparse.Namespace):
     from emiso.agency.sim.agency import SimAgency
+    from emiso.agency.sim.statelock import StateLocked, hold_state_lock
 
     if options.state_dir is None:
         raise BackendUnavailable("backend sim needs --state-dir DIR")
+    try:
+        # The descriptor stays open, and the lock held, until the process ends.
+        hold_state_lock(options.state_dir, kill_stale=options.operation is None)
+    except StateLocked as error:
+        raise BackendUnavailable(str(error)) from None
     return SimAgency(options.state_dir)
 
 

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succ
 from twisted.logger import Logger
 
 from emiso.engine.events import Event, EventBus
+from emiso.engine.reconcile import Reconciler, claims
 from emiso.engine.restart import RestartManager
 from emiso.engine.states import docker_state
 from emiso.errors import (
@@ -88,6 +89,8 @@ class Container:
     manually_stopped: bool = False
     #: Unix socket of the ME's console, when the agency gives one.
     console: str | None = None
+    #: The token of an adopted ME when it is not the container id.
+    agency_token: str | None = None
 
     def to_record(self) -> dict:
         """
@@ -154,6 +157,7 @@ class ContainerManager:
         self._remove_waiters: dict[str, list[Deferred]] = {}
         self._reserved_names: set[str] = set()
         self.restarts = RestartManager(reactor, self, clock)
+        self._reconciler = Reconciler(self, reactor)
 
     # Loading and reconciliation
 
@@ -170,33 +174,12 @@ class ContainerManager:
         self._agency.subscribe(self._agency_event)
         self.restarts.engine_started()
 
-    @inlineCallbacks
-    def reconcile(self):
+    def reconcile(self) -> Deferred[None]:
         """
-        Bring every record in line with the agency's slot list.
-
-        A running container whose ME is gone becomes exited or dead; a
-        container whose ME is in a slot takes the ME's state.
+        Bring every record in line with the agency's slot list (see
+        L{emiso.engine.reconcile}).
         """
-        slots = (yield self._agency.list_slots())["slots"]
-        by_token = {
-            entry.get("token"): entry for entry in slots if entry["state"] != "dead"
-        }
-        for container in list(self._containers.values()):
-            entry = by_token.pop(container.id, None)
-            if entry is not None:
-                yield self._observe_slot(container, entry)
-            elif container.slot is not None or container.operation is not None:
-                yield self._me_lost(
-                    container, container.me_state, "the ME was not found in any slot"
-                )
-        for entry in by_token.values():
-            log.warn(
-                "Slot {slot} holds ME {name} that no container claims; it is left running",
-                slot=entry["slot"],
-                name=entry.get("name", ""),
-            )
-            # TODO: adopt unclaimed MEs as containers instead of only logging them.
+        return self._reconciler.at_load()
 
     @inlineCallbacks
     def _observe_slot(self, container: Container, entry: dict):
@@ -589,7 +572,10 @@ class ContainerManager:
         del self._containers[container.id]
         self._locks.pop(container.id, None)
         self.restarts.forget(container.id)
-        shutil.rmtree(os.path.dirname(container.log_path), ignore_errors=True)
+        folder = os.path.join(self._containers_dir, container.id)
+        if os.path.dirname(container.log_path) == folder:
+            # An adopted ME may log elsewhere: only the engine's folder goes.
+            shutil.rmtree(folder, ignore_errors=True)
         self._publish(container, "destroy")
         for waiter in self._remove_waiters.pop(container.id, []):
             waiter.callback(_wait_response(container))
@@ -655,7 +641,7 @@ class ContainerManager:
             container.error = f"{operation} failed: {error}"
             yield self._save(container)
             return
-        entry = next((e for e in slots if e.get("token") == container.id
+        entry = next((e for e in slots if claims(container, e)
                       and e["state"] != "dead"), None)
         if entry is None:
             yield self._me_lost(container, container.me_state,
@@ -667,6 +653,13 @@ class ContainerManager:
     def _agency_event(self, event: dict) -> None:
         if event.get("event") != "me_state":
             return
+        try:
+            self._record_event(event)
+        finally:
+            # The event's own facts first, then the other slots.
+            self._reconciler.schedule()
+
+    def _record_event(self, event: dict) -> None:
         slot = event.get("slot")
         container = next(
             (c for c in self._containers.values() if c.slot == slot), None
@@ -750,6 +743,13 @@ class ContainerManager:
         return self._exited(container, exit_code, "exited", error)
 
     # Helpers
+
+    def _busy(self, container: Container) -> bool:
+        """
+        Tell whether an operation holds the container's lock.
+        """
+        lock = self._locks.get(container.id)
+        return lock is not None and lock.locked
 
     def _save(self, container: Container) -> Deferred[None]:
         return self._store.save_container(container.to_record())
