@@ -146,6 +146,14 @@ def resolve(options: dict[str, Any]) -> Config:
         if name not in DEFAULT_TIMEOUTS or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"invalid timeout {name} = {value!r}")
         timeouts[name] = float(value)
+    for name, value in (options.get("timeouts") or {}).items():
+        if name not in DEFAULT_TIMEOUTS or not 0 < value < float("inf"):
+            raise ConfigError(
+                f"invalid agency timeout {name}={value!r}: the operations are "
+                f"{', '.join(DEFAULT_TIMEOUTS)} and the time a positive number "
+                "of seconds"
+            )
+        timeouts[name] = float(value)
     if engine_values:
         raise ConfigError(
             f"unknown option(s) in the [engine] section: {sorted(engine_values)}"

@@ -54,6 +54,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["agency-timeout"] = {}
 
     def opt_listen(self, description: str) -> None:
         """
@@ -61,6 +62,19 @@ class Options(usage.Options):
         tcp:2375:interface=127.0.0.1 (repeatable) [default: tcp:2375:interface=127.0.0.1].
         """
         self["listen"].append(description)
+
+    def opt_agency_timeout(self, value: str) -> None:
+        """
+        Time limit of one agency operation, OP=SECONDS, for example
+        finalize=120 (repeatable) [default: see conf/emiso.toml].
+        """
+        name, _, seconds = value.partition("=")
+        try:
+            self["agency-timeout"][name] = float(seconds)
+        except ValueError:
+            raise usage.UsageError(
+                f"--agency-timeout wants OP=SECONDS, not {value!r}"
+            ) from None
 
     def opt_version(self) -> None:
         """
@@ -101,6 +115,7 @@ class Options(usage.Options):
                         self["experimental"], self["no-experimental"]
                     ),
                     "max_body_size": int(max_body) if max_body else None,
+                    "timeouts": self["agency-timeout"],
                 }
             )
         except ConfigError as error:
