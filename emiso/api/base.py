@@ -19,6 +19,9 @@ log = Logger()
 
 #: The one Klein application; every route module registers on it.
 app = Klein()
+# A name such as C{/etc/passwd} in C{/images/<name>} must reach the route,
+# not be redirected (308) to a path with the slashes merged.
+app.url_map.merge_slashes = False
 
 JSON = b"application/json"
 
@@ -146,7 +149,20 @@ def query_int(request: Any, name: str, default: int) -> int:
         raise InvalidParameter(f"invalid value for {name}: {text!r} is not an integer")
 
 
-def json_body(request: Any) -> dict:
+def json_body(request: Any, max_size: int | None = None) -> dict:
+    """
+    Decode a JSON object request body; an empty body is C{{}}.
+
+    @raise PayloadTooLarge: the body is larger than C{max_size} bytes.
+    @raise InvalidParameter: the body is not a JSON object.
+    """
+    request.content.seek(0, os.SEEK_END)
+    size = request.content.tell()
+    if max_size is not None and size > max_size:
+        raise PayloadTooLarge(
+            f"request body of {size} bytes is larger than the limit of "
+            f"{max_size} bytes"
+        )
     request.content.seek(0)
     raw = request.content.read()
     if not raw.strip():

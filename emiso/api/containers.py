@@ -77,20 +77,8 @@ class ContainerRoutes:
     @app.route("/containers/create", methods=["POST"])
     @inlineCallbacks
     def create_container(self, request: Any):
-        body = json_body(request)
-        image = body.get("Image")
-        if not isinstance(image, str) or not image:
-            raise InvalidParameter("Config cannot be empty in order to create a container")
-        labels = body.get("Labels") or {}
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            raise InvalidParameter("Labels must be an object of string values")
-        config = {key: body.get(key) for key in CREATE_FIELDS_KEPT if body.get(key)}
-        host_config = body.get("HostConfig") or {}
-        if not isinstance(host_config, dict):
-            raise InvalidParameter("HostConfig must be an object")
-        restart = validate_restart_policy(host_config.get("RestartPolicy"))
+        body = json_body(request, self._max_body_size)
+        image, labels, config, restart = validate_create_body(body)
         container = yield self._engine.containers.create(
             query_arg(request, "name") or None,
             image,
@@ -235,6 +223,53 @@ def log_error_in_band(failure: Any, request: Any, container_id: str) -> Any:
     message = f"error reading the log: {failure.getErrorMessage()}\n"
     request.write(frame("system", message.encode("utf-8", "replace")))
     return b""
+
+
+def validate_create_body(body: dict) -> tuple[str, dict, dict, dict]:
+    """
+    Check the fields of a create body that the engine reads or keeps.
+
+    @return: the image name, the labels, the kept config fields and the
+        restart policy.
+    @raise InvalidParameter: a field has the wrong type or value; the
+        message names the field and the value.
+    """
+    image = body.get("Image")
+    if image is None or image == "":
+        raise InvalidParameter(
+            "Config cannot be empty in order to create a container: Image is missing"
+        )
+    if not isinstance(image, str):
+        raise InvalidParameter(f"invalid Image {json.dumps(image)}: must be a string")
+    labels = body.get("Labels") or {}
+    if not isinstance(labels, dict) or not all(
+        isinstance(v, str) for v in labels.values()
+    ):
+        raise InvalidParameter(
+            f"invalid Labels {json.dumps(labels)}: must be an object of string values"
+        )
+    env = body.get("Env")
+    if env is not None and not _string_list(env):
+        raise InvalidParameter(
+            f"invalid Env {json.dumps(env)}: must be an array of strings"
+        )
+    cmd = body.get("Cmd")
+    if cmd is not None and not isinstance(cmd, str) and not _string_list(cmd):
+        raise InvalidParameter(
+            f"invalid Cmd {json.dumps(cmd)}: must be a string or an array of strings"
+        )
+    config = {key: body.get(key) for key in CREATE_FIELDS_KEPT if body.get(key)}
+    host_config = body.get("HostConfig") or {}
+    if not isinstance(host_config, dict):
+        raise InvalidParameter(
+            f"invalid HostConfig {json.dumps(host_config)}: must be an object"
+        )
+    restart = validate_restart_policy(host_config.get("RestartPolicy"))
+    return image, labels, config, restart
+
+
+def _string_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def container_filters(request: Any) -> dict[str, list[str]]:
