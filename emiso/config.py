@@ -14,6 +14,13 @@ DEFAULT_CONFIG_FILE = "/etc/emiso/emiso.toml"
 #: Docker's unencrypted port.
 DEFAULT_LISTEN = "tcp:2375:interface=127.0.0.1"
 
+#: Where the engine listens in secure mode without C{--listen}: TLS on all
+#: interfaces, Docker's TLS port.
+DEFAULT_SECURE_LISTEN = "tcp:2376"
+
+#: File names of the TLS files in C{DATA-DIR/certs}, as dockerd names them.
+TLS_FILE_NAMES = {"tlscacert": "ca.pem", "tlscert": "cert.pem", "tlskey": "key.pem"}
+
 #: The agency backends the driver knows.
 AGENCY_BACKENDS = ("sim",)
 
@@ -52,6 +59,17 @@ class Config:
     driver_command: list[str] | None = None
     timeouts: dict[str, float] = attrs.Factory(lambda: dict(DEFAULT_TIMEOUTS))
     install_samples: bool = True
+    tlscacert: str = ""
+    tlscert: str = ""
+    tlskey: str = ""
+    tls_skip_client_verify: bool = False
+
+    @property
+    def tls_dir(self) -> str:
+        """
+        The default folder of the TLS files: C{DATA-DIR/certs}.
+        """
+        return os.path.join(self.data_dir, "certs")
 
     def driver_argv(self) -> list[str]:
         """
@@ -126,7 +144,8 @@ def resolve(options: dict[str, Any]) -> Config:
     data_dir = os.path.abspath(os.path.expanduser(pick("data_dir", default_data_dir())))
     image_dir = pick("image_dir", None)
     image_dir = os.path.abspath(os.path.expanduser(image_dir or os.path.join(data_dir, "images")))
-    listen = pick("listen", None) or [DEFAULT_LISTEN]
+    secure = bool(pick("secure", False))
+    listen = pick("listen", None) or [DEFAULT_SECURE_LISTEN if secure else DEFAULT_LISTEN]
     if isinstance(listen, str):
         listen = [listen]
     agency = pick("agency", "sim")
@@ -154,6 +173,11 @@ def resolve(options: dict[str, Any]) -> Config:
                 "of seconds"
             )
         timeouts[name] = float(value)
+    tls_files = {}
+    for name in ("tlscacert", "tlscert", "tlskey"):
+        default = os.path.join(data_dir, "certs", TLS_FILE_NAMES[name])
+        tls_files[name] = os.path.abspath(os.path.expanduser(pick(name, default)))
+    tls_skip_client_verify = bool(pick("tls_skip_client_verify", False))
     if engine_values:
         raise ConfigError(
             f"unknown option(s) in the [engine] section: {sorted(engine_values)}"
@@ -163,11 +187,13 @@ def resolve(options: dict[str, Any]) -> Config:
         image_dir=image_dir,
         listen=list(listen),
         agency=agency,
-        secure=bool(options.get("secure")),
+        secure=secure,
         interactive=bool(options.get("interactive")),
         experimental=experimental,
         max_body_size=max_body_size,
         driver_command=driver_command,
         timeouts=timeouts,
         install_samples=agency == "sim",
+        tls_skip_client_verify=tls_skip_client_verify,
+        **tls_files,
     )

@@ -7,12 +7,17 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from emiso import __version__
-from emiso.config import DEFAULT_CONFIG_FILE, DEFAULT_LISTEN, ConfigError, resolve
+from emiso.drain import DRAIN_TIMEOUT, CountingSite, InFlightRequests
+from emiso.config import (
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_SECURE_LISTEN,
+    ConfigError,
+    resolve,
+)
 
 log = Logger()
 
@@ -29,8 +34,15 @@ class Options(usage.Options):
     )
 
     optFlags = [
-        ["secure", "s", "Serve the API over TLS with client certificates (secure mode)."],
-        ["interactive", "i", "Run the command-line interface instead of the web server."],
+        ["secure", "s",
+         "Serve the API over TLS and accept only clients with a certificate "
+         "signed by --tlscacert (secure mode); the default --listen becomes "
+         f"{DEFAULT_SECURE_LISTEN}."],
+        ["interactive", "i",
+         "Run the command-line interface on standard input and output instead "
+         "of the web server; logs go to DATA-DIR/interactive.log."],
+        ["tls-skip-client-verify", None,
+         "In secure mode, accept clients without a certificate (server-only TLS)."],
         ["experimental", None,
          "Advertise Docker's experimental features, such as checkpoints (the default)."],
         ["no-experimental", None,
@@ -49,6 +61,13 @@ class Options(usage.Options):
          f"TOML configuration file [default: {DEFAULT_CONFIG_FILE} when it exists]."],
         ["max-body-size", None, None,
          "Largest request body accepted, in bytes [default: 268435456]."],
+        ["tlscacert", None, None,
+         "CA certificate that signs the client certificates, in secure mode "
+         "[default: DATA-DIR/certs/ca.pem]."],
+        ["tlscert", None, None,
+         "The engine's TLS certificate [default: DATA-DIR/certs/cert.pem]."],
+        ["tlskey", None, None,
+         "The engine's TLS private key [default: DATA-DIR/certs/key.pem]."],
     ]
 
     def __init__(self) -> None:
@@ -84,15 +103,10 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
-        if self["secure"]:
+        if self["secure"] and self["interactive"]:
             raise usage.UsageError(
-                "secure mode (-s/--secure) is not available yet in this version; "
-                "run without -s and keep the API on loopback"
-            )
-        if self["interactive"]:
-            raise usage.UsageError(
-                "interactive mode (-i/--interactive) is not available yet in this "
-                "version; use the docker CLI against the engine instead"
+                "-s/--secure and -i/--interactive exclude each other: the "
+                "interactive mode runs no web server"
             )
         if self["experimental"] and self["no-experimental"]:
             raise usage.UsageError(
@@ -109,52 +123,114 @@ class Options(usage.Options):
                     "image_dir": self["image-dir"],
                     "agency": self["agency"],
                     "listen": self["listen"],
-                    "secure": self["secure"],
+                    "secure": True if self["secure"] else None,
                     "interactive": self["interactive"],
                     "experimental": _experimental_option(
                         self["experimental"], self["no-experimental"]
                     ),
                     "max_body_size": int(max_body) if max_body else None,
                     "timeouts": self["agency-timeout"],
+                    "tlscacert": self["tlscacert"],
+                    "tlscert": self["tlscert"],
+                    "tlskey": self["tlskey"],
+                    "tls_skip_client_verify": (
+                        True if self["tls-skip-client-verify"] else None
+                    ),
                 }
             )
         except ConfigError as error:
             raise usage.UsageError(str(error))
         for description in self.config.listen:
             _check_endpoint(description)
+        self.tls_options = None
+        if self.config.secure and not self.config.interactive:
+            self.tls_options = _load_tls(self.config)
 
 
 class EngineService(service.Service):
     """
-    Start the engine, then listen on the configured endpoints; stop in the
-    reverse order.
+    Start the engine, then listen on the configured endpoints (or run the
+    interactive CLI); stop in the reverse order.
 
     A failure to start the engine or to bind an endpoint stops the process
     with status 1 and a message naming what failed.
+
+    @param tls_options: the TLS context factory of secure mode, or C{None}
+        for plain HTTP.
+    @param lock: the held L{emiso.lock.DataFolderLock}, released at stop.
+    @param stdio_factory: called with a protocol to connect it to standard
+        input and output in interactive mode; default
+        L{twisted.internet.stdio.StandardIO}.
+    @param log_observer: a log observer that twistd should use instead of
+        its default (see L{setServiceParent}).
     """
 
-    def __init__(self, config: Any, reactor: Any) -> None:
+    def __init__(
+        self,
+        config: Any,
+        reactor: Any,
+        tls_options: Any = None,
+        lock: Any = None,
+        stdio_factory: Any = None,
+        log_observer: Any = None,
+    ) -> None:
         from emiso.agency.controller import MEController
         from emiso.engine.engine import Engine
 
         self.config = config
         self._reactor = reactor
+        self._tls_options = tls_options
+        self._lock = lock
+        self._stdio_factory = stdio_factory
+        self._log_observer = log_observer
         agency = MEController(
             reactor, config.driver_argv(), env=dict(os.environ), timeouts=config.timeouts
         )
         self.engine = Engine(reactor, config, agency)
         self._ports: list[Any] = []
+        self._requests = InFlightRequests()
         self.ready: Deferred = Deferred()
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        # twistd reads a log observer component of the application before
+        # its --logfile default, which would write to standard output.
+        if self._log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self._log_observer)
 
     def startService(self) -> None:
         super().startService()
+        if self._lock is not None:
+            # twistd without -n forks after makeService: record the new pid.
+            self._lock.record_owner()
         self._reactor.callWhenRunning(self._start)
 
     def _start(self) -> Deferred:
         d = self.engine.start()
+        if self.config.interactive:
+            d.addCallback(lambda _: self._run_cli())
+            d.addErrback(self._failed)
+            return d
         d.addCallback(lambda _: self._listen())
         d.addCallbacks(self._started, self._failed)
         return d
+
+    def _run_cli(self) -> None:
+        from emiso.cli import CommandLineProtocol, Commands
+
+        stdio_factory = self._stdio_factory
+        if stdio_factory is None:
+            from twisted.internet.stdio import StandardIO
+
+            def stdio_factory(protocol: Any) -> Any:
+                return StandardIO(protocol, reactor=self._reactor)
+
+        protocol = CommandLineProtocol(
+            Commands(self.engine), self._reactor.stop, interactive=os.isatty(0)
+        )
+        stdio_factory(protocol)
+        log.info("Interactive command-line interface ready")
+        self.ready.callback(None)
 
     def _listen(self) -> Deferred:
         from twisted.internet.defer import gatherResults
@@ -162,11 +238,13 @@ class EngineService(service.Service):
         from emiso.api.app import DockerAPI
 
         api = DockerAPI(self.engine, max_body_size=self.config.max_body_size)
-        site = Site(api.resource())
+        site = CountingSite(api.resource(), self._requests)
         site.displayTracebacks = False
         listening = []
         for description in self.config.listen:
             endpoint = endpoints.serverFromString(self._reactor, description)
+            if self._tls_options is not None:
+                endpoint = endpoints.wrapServerTLS(self._tls_options, endpoint)
             d = endpoint.listen(site)
             d.addCallback(self._ports.append)
             d.addErrback(_bind_failed, description)
@@ -174,14 +252,25 @@ class EngineService(service.Service):
         return gatherResults(listening, consumeErrors=True)
 
     def _started(self, _: object) -> None:
+        scheme = "HTTPS" if self._tls_options is not None else "HTTP"
         for description in self.config.listen:
-            log.info("Docker API listening on {endpoint}", endpoint=description)
-            if not _is_loopback_only(description):
+            log.info(
+                "Docker API listening on {endpoint} ({scheme})",
+                endpoint=description,
+                scheme=scheme,
+            )
+            if self._tls_options is None and not _is_loopback_only(description):
                 log.warn(
                     "The API on {endpoint} is unauthenticated: anyone who can "
                     "reach it controls the containers",
                     endpoint=description,
                 )
+        if self._tls_options is not None and self.config.tls_skip_client_verify:
+            log.warn(
+                "Client certificates are not verified (--tls-skip-client-verify): "
+                "anyone who can reach {endpoints} controls the containers",
+                endpoints=", ".join(self.config.listen),
+            )
         self.ready.callback(None)
 
     def _failed(self, failure: Any) -> None:
@@ -191,8 +280,10 @@ class EngineService(service.Service):
         if isinstance(error, FirstError):
             error = error.subFailure.value
         log.critical("The engine cannot start: {error}", error=error)
-        sys.stderr.write(f"emiso: the engine cannot start: {error}\n")
-        sys.stderr.flush()
+        # twistd redirects sys.stderr into the log; the message must reach
+        # the terminal (or the journal) too.
+        sys.__stderr__.write(f"emiso: the engine cannot start: {error}\n")
+        sys.__stderr__.flush()
         self._reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self._reactor.stop()
 
@@ -202,9 +293,16 @@ class EngineService(service.Service):
 
         stopping = [port.stopListening() for port in self._ports]
         d = DeferredList([d for d in stopping if d is not None])
+        d.addCallback(lambda _: self._requests.wait(self._reactor, DRAIN_TIMEOUT))
         d.addCallback(lambda _: self.engine.stop())
         d.addErrback(lambda failure: log.failure("Error while stopping", failure))
+        d.addBoth(self._release_lock)
         return d
+
+    def _release_lock(self, result: Any) -> Any:
+        if self._lock is not None:
+            self._lock.release()
+        return result
 
 
 class StartupError(Exception):
@@ -235,6 +333,16 @@ def _is_loopback_only(description: str) -> bool:
     return False
 
 
+def _load_tls(config: Any) -> Any:
+    from emiso.tls import TLSConfigError, TLSFiles, server_options
+
+    files = TLSFiles(config.tlscacert, config.tlscert, config.tlskey)
+    try:
+        return server_options(files, verify_clients=not config.tls_skip_client_verify)
+    except TLSConfigError as error:
+        raise usage.UsageError(f"secure mode cannot start: {error}")
+
+
 def _check_endpoint(description: str) -> None:
     try:
         endpoints._parseServer(description, None)
@@ -244,8 +352,50 @@ def _check_endpoint(description: str) -> None:
 
 def makeService(options: Options) -> service.IService:
     """
-    Build the engine service for twistd.
+    Build the engine service for twistd, after taking the data-folder lock.
+
+    A second engine or CLI on the same data folder exits here with status 1
+    and a message naming the running process.
     """
     from twisted.internet import reactor
 
-    return EngineService(options.config, reactor)
+    from emiso.lock import DataFolderBusy, DataFolderLock
+
+    config = options.config
+    lock = DataFolderLock.for_data_dir(config.data_dir)
+    if config.interactive:
+        recorded = ["interactive"]
+    elif options.tls_options is not None:
+        recorded = [f"tls+{description}" for description in config.listen]
+    else:
+        recorded = list(config.listen)
+    try:
+        lock.acquire(recorded)
+    except DataFolderBusy as error:
+        sys.exit(f"emiso: {error}")
+    except OSError as error:
+        sys.exit(f"emiso: cannot create the lock file {lock.path}: {error.strerror}")
+    return EngineService(
+        config,
+        reactor,
+        tls_options=options.tls_options,
+        lock=lock,
+        log_observer=_interactive_observer(options),
+    )
+
+
+def _interactive_observer(options: Options) -> Any:
+    """
+    Return the log observer of interactive mode when twistd would log to
+    standard output (no --logfile, or --logfile=-); else C{None}.
+    """
+    if not options.config.interactive:
+        return None
+    twistd_options = getattr(options, "parent", None) or {}
+    if twistd_options.get("logger") or twistd_options.get("syslog"):
+        return None
+    if twistd_options.get("logfile") not in (None, "", "-"):
+        return None
+    from emiso.logoutput import interactive_observer
+
+    return interactive_observer(options.config.data_dir)
