@@ -192,10 +192,10 @@ class Commands:
         if path.endswith(".itb"):
             repo = os.path.basename(path)[: -len(".itb")]
             image = yield engine.images.import_image(path, repo, None)
-            engine.events.publish("image", "import", image.id, {"name": f"{repo}:latest"})
-            images = [image]
-        else:
-            images = yield engine.images.load_tar(path)
+            reference = f"{repo}:latest"
+            engine.events.publish("image", "import", image.id, {"name": reference})
+            return f"Loaded image: {reference}\n"
+        images = yield engine.images.load_tar(path)
         lines = []
         for image in images:
             loaded = image.repo_tags[0] if image.repo_tags else image.id

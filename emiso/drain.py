@@ -82,7 +82,7 @@ def _cancel_call(result: Any, call: Any) -> Any:
     return result
 
 
-class CountingSite(Site):
+class EngineSite(Site):
     """
     A L{Site} that counts its requests in flight in C{requests}.
     """
@@ -90,6 +90,11 @@ class CountingSite(Site):
     def __init__(self, resource: IResource, requests: InFlightRequests) -> None:
         super().__init__(resource)
         self.requests = requests
+
+    def acceptableProtocols(self) -> list[bytes]:
+        # Site offers h2 in TLS ALPN when the h2 package is installed, but
+        # attach and exec take over an HTTP/1.1 connection.
+        return [b"http/1.1"]
 
     def getResourceFor(self, request: Any) -> IResource:
         # Request.process calls this once per request, before any rendering.

@@ -59,11 +59,15 @@ def journal_observer() -> ILogObserver:
     return plain_observer(sys.stdout)
 
 
-def stdout_is_journal(environment: dict[str, str] | None = None) -> bool:
+def stdout_is_journal(
+    environment: dict[str, str] | None = None, descriptor: int = 1
+) -> bool:
     """
     Tell whether standard output is connected to the systemd journal:
     systemd sets C{JOURNAL_STREAM} to the device and inode numbers of that
     stream, as documented in systemd.exec(5).
+
+    @param descriptor: the file descriptor of standard output.
     """
     environment = os.environ if environment is None else environment
     value = environment.get("JOURNAL_STREAM", "")
@@ -71,8 +75,8 @@ def stdout_is_journal(environment: dict[str, str] | None = None) -> bool:
     if not device.isdigit() or not inode.isdigit():
         return False
     try:
-        status = os.fstat(sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
+        status = os.fstat(descriptor)
+    except OSError:
         return False
     return (status.st_dev, status.st_ino) == (int(device), int(inode))
 

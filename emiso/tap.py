@@ -11,7 +11,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
 from emiso import __version__
-from emiso.drain import DRAIN_TIMEOUT, CountingSite, InFlightRequests
+from emiso.drain import DRAIN_TIMEOUT, EngineSite, InFlightRequests
 from emiso.config import (
     DEFAULT_CONFIG_FILE,
     DEFAULT_SECURE_LISTEN,
@@ -238,7 +238,7 @@ class EngineService(service.Service):
         from emiso.api.app import DockerAPI
 
         api = DockerAPI(self.engine, max_body_size=self.config.max_body_size)
-        site = CountingSite(api.resource(), self._requests)
+        site = EngineSite(api.resource(), self._requests)
         site.displayTracebacks = False
         listening = []
         for description in self.config.listen:

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -73,13 +74,21 @@ class EngineProcess:
     @ivar port: the TCP port of the API listener.
     """
 
-    def __init__(self, extra_args=(), start_timeout: float = START_TIMEOUT):
+    def __init__(
+        self, extra_args=(), start_timeout: float = START_TIMEOUT, tls_client_dir=None
+    ):
         """
         @param extra_args: more command-line options for C{twistd emiso}, for
             example C{["--agency", "sim"]}.
         @param start_timeout: seconds to wait for C{/_ping} to succeed.
+        @param tls_client_dir: for an engine in secure mode (C{-s} in
+            C{extra_args}), a folder with the client's C{ca.pem},
+            C{cert.pem} and C{key.pem}, as C{DOCKER_CERT_PATH} expects it.
+            HTTP requests and the docker CLI then use TLS with that client
+            certificate.
         """
         self.extra_args = list(extra_args)
+        self.tls_client_dir = Path(tls_client_dir) if tls_client_dir else None
         self.start_timeout = start_timeout
         self.temp_dir = Path(tempfile.mkdtemp(prefix="emiso-engine-"))
         self.data_dir = self.temp_dir / "data"
@@ -94,9 +103,10 @@ class EngineProcess:
     @property
     def base_url(self) -> str:
         """
-        The HTTP URL of the API, for example C{http://127.0.0.1:40123}.
+        The URL of the API, for example C{http://127.0.0.1:40123}.
         """
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls_client_dir else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def docker_host(self) -> str:
@@ -168,7 +178,32 @@ class EngineProcess:
         environment["DOCKER_HOST"] = self.docker_host
         environment["DOCKER_CONFIG"] = str(self.docker_config_dir)
         environment["DOCKER_CLI_HINTS"] = "false"
+        if self.tls_client_dir:
+            environment["DOCKER_TLS_VERIFY"] = "1"
+            environment["DOCKER_CERT_PATH"] = str(self.tls_client_dir)
         return environment
+
+    def tls_context(self) -> ssl.SSLContext:
+        """
+        Build the client TLS context of C{tls_client_dir}: trust its
+        C{ca.pem}, present its C{cert.pem} and C{key.pem}.
+        """
+        context = ssl.create_default_context(cafile=str(self.tls_client_dir / "ca.pem"))
+        context.load_cert_chain(
+            str(self.tls_client_dir / "cert.pem"), str(self.tls_client_dir / "key.pem")
+        )
+        return context
+
+    def connection(self, timeout: float) -> http.client.HTTPConnection:
+        """
+        Open an HTTP connection to the engine, over TLS when
+        C{tls_client_dir} is set.
+        """
+        if self.tls_client_dir:
+            return http.client.HTTPSConnection(
+                "127.0.0.1", self.port, timeout=timeout, context=self.tls_context()
+            )
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
     def docker(self, *args, check: bool = True, timeout: float = 60):
         """
@@ -227,7 +262,7 @@ class EngineProcess:
         if body is not None and not isinstance(body, bytes):
             body = json.dumps(body).encode("utf-8")
             request_headers.setdefault("Content-Type", "application/json")
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        connection = self.connection(timeout)
         try:
             connection.request(method, path, body=body, headers=request_headers)
             response = connection.getresponse()
@@ -364,7 +399,7 @@ class EngineProcess:
         )
 
     def _ping(self) -> bool:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+        connection = self.connection(timeout=1)
         try:
             connection.request("GET", "/_ping")
             response = connection.getresponse()

@@ -4,7 +4,10 @@ with an in-memory TLS handshake.
 """
 
 import datetime
+import http.client
 import os
+import socket
+import subprocess
 import tempfile
 
 from OpenSSL import SSL
@@ -15,6 +18,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from emiso import certs
 from emiso.tls import TLSConfigError, TLSFiles, server_options
+from tests.engineprocess import (
+    DOCKER_CLI,
+    PROJECT_ROOT,
+    EngineProcess,
+    docker_cli_available,
+)
 
 NOW = datetime.datetime(2026, 12, 4, 15, 0, tzinfo=datetime.timezone.utc)
 GREETING = b"engine says hello\n"
@@ -257,3 +266,180 @@ class StartupCheckTests(SynchronousTestCase):
         self.assertRejected(
             self.fixture.files, self.fixture.files.cert, "not valid before", now=earlier
         )
+
+
+def make_cert_folder() -> str:
+    """
+    Create certificates with C{emiso-engine certs} in a new folder.
+    """
+    import contextlib
+    import io
+
+    folder = tempfile.mkdtemp(prefix="emiso-certs-")
+    with contextlib.redirect_stdout(io.StringIO()):
+        status = certs.main(["--dir", folder])
+    assert status == 0, status
+    return folder
+
+
+def secure_args(folder: str, *more: str) -> list:
+    return [
+        "-s",
+        "--tlscacert", os.path.join(folder, "ca.pem"),
+        "--tlscert", os.path.join(folder, "cert.pem"),
+        "--tlskey", os.path.join(folder, "key.pem"),
+        *more,
+    ]
+
+
+class SecureEngineTests(SynchronousTestCase):
+    """
+    The real engine in secure mode on a loopback TLS endpoint, with the
+    docker CLI, docker-py and a plain HTTPS client.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        cls.folder = make_cert_folder()
+        cls.engine = EngineProcess(
+            secure_args(cls.folder), tls_client_dir=os.path.join(cls.folder, "client")
+        )
+        try:
+            cls.engine.start()
+        except BaseException:
+            cls.engine.close()
+            _remove_tree(cls.folder)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.engine.close()
+        _remove_tree(cls.folder)
+
+    def requireDockerCLI(self):
+        if not docker_cli_available():
+            self.skipTest(f"the docker CLI {DOCKER_CLI} is not installed")
+
+    def test_cliWithCertificate(self):
+        self.requireDockerCLI()
+
+        result = self.engine.docker("ps", "-a")
+
+        self.assertEqual(result.returncode, 0)
+        self.assertIn("CONTAINER ID", result.stdout)
+
+    def test_cliWithoutCertificate(self):
+        self.requireDockerCLI()
+        environment = self.engine.env()
+        del environment["DOCKER_TLS_VERIFY"]
+        del environment["DOCKER_CERT_PATH"]
+        ca = os.path.join(self.folder, "client", "ca.pem")
+
+        result = subprocess.run(
+            [DOCKER_CLI, "--tlsverify", "--tlscacert", ca, "ps", "-a"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("certificate required", result.stderr)
+
+    def test_dockerPy(self):
+        import docker
+
+        # requests lets these variables replace the session's CA file (the
+        # one TLSConfig sets), so the engine's CA would not be trusted.
+        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            if name in os.environ:
+                self.addCleanup(os.environ.__setitem__, name, os.environ.pop(name))
+        client_dir = os.path.join(self.folder, "client")
+        tls = docker.tls.TLSConfig(
+            client_cert=(
+                os.path.join(client_dir, "cert.pem"),
+                os.path.join(client_dir, "key.pem"),
+            ),
+            ca_cert=os.path.join(client_dir, "ca.pem"),
+            verify=True,
+        )
+        client = docker.DockerClient(
+            base_url=f"https://127.0.0.1:{self.engine.port}", tls=tls, version="1.44"
+        )
+        self.addCleanup(client.close)
+
+        tags = sorted(tag for image in client.images.list() for tag in image.tags)
+
+        self.assertIn("refso3-sim:latest", tags)
+
+    def test_httpsRequest(self):
+        status, _headers, body = self.engine.request("GET", "/version")
+
+        self.assertEqual(status, 200)
+        self.assertIn(b'"ApiVersion"', body)
+
+    def test_plainHTTPRejected(self):
+        connection = http.client.HTTPConnection("127.0.0.1", self.engine.port, timeout=5)
+        self.addCleanup(connection.close)
+
+        try:
+            connection.request("GET", "/_ping")
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException):
+            response = None
+
+        self.assertIsNone(response)
+
+    def test_noHTTP2(self):
+        context = self.engine.tls_context()
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", self.engine.port), 5) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket:
+                selected = tls_socket.selected_alpn_protocol()
+                version = tls_socket.version()
+
+        self.assertIn(selected, (None, "http/1.1"))
+        self.assertIn(version, ("TLSv1.2", "TLSv1.3"))
+
+
+class SecureStartupTests(SynchronousTestCase):
+    """
+    The engine exits before it starts anything when a TLS file is bad, and
+    warns when client verification is off.
+    """
+
+    def setUp(self):
+        self.folder = make_cert_folder()
+        self.addCleanup(_remove_tree, self.folder)
+
+    def test_missingFileStopsStart(self):
+        os.unlink(os.path.join(self.folder, "key.pem"))
+        engine = EngineProcess(secure_args(self.folder))
+        self.addCleanup(engine.close)
+
+        engine.process = subprocess.Popen(
+            engine.command(),
+            cwd=engine.temp_dir,
+            env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        output, _ = engine.process.communicate(timeout=60)
+
+        self.assertNotEqual(engine.process.returncode, 0)
+        self.assertIn(os.path.join(self.folder, "key.pem"), output)
+        self.assertIn("No such file or directory", output)
+        self.assertFalse((engine.data_dir / "emiso.db").exists())
+
+    def test_skipVerifyWarns(self):
+        engine = EngineProcess(
+            secure_args(self.folder, "--tls-skip-client-verify"),
+            tls_client_dir=os.path.join(self.folder, "client"),
+        )
+        self.addCleanup(engine.close)
+
+        engine.start()
+
+        self.assertIn("Client certificates are not verified", engine.log_tail())
