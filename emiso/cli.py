@@ -348,8 +348,10 @@ class CommandLineProtocol(LineReceiver):
         self._pending.addCallback(lambda _: self._end())
 
     def writeConnectionLost(self) -> None:
-        self._finished = True
-        self._on_end()
+        # Nobody reads the output any more (a closed pipe): stop at once.
+        if not self._finished:
+            self._finished = True
+            self._on_end()
 
     def connectionLost(self, reason: Any = None) -> None:
         if not self._finished:

@@ -10,9 +10,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 
+from emiso.drain import EngineSite, InFlightRequests
 from emiso.logoutput import plain_observer, stdout_is_journal
 from emiso.script import JOURNAL_LOGGER, twistd_argv
 from tests.engineprocess import PROJECT_ROOT
@@ -148,3 +153,65 @@ class ScriptTests(SynchronousTestCase):
 
         self.assertIn(JOURNAL_LOGGER, argv)
         self.assertLess(argv.index(JOURNAL_LOGGER), argv.index("emiso"))
+
+
+class _Request:
+    """A request whose end the test decides."""
+
+    def __init__(self):
+        self.finished = Deferred()
+
+    def notifyFinish(self):
+        return self.finished
+
+
+class InFlightRequestsTests(SynchronousTestCase):
+    """
+    A stopping engine waits for the requests in flight, up to a limit.
+    """
+
+    def test_idle(self):
+        requests = InFlightRequests()
+
+        d = requests.wait(Clock(), 5)
+
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_waitsForRequest(self):
+        requests = InFlightRequests()
+        request = _Request()
+        requests.begin(request)
+        clock = Clock()
+
+        d = requests.wait(clock, 5)
+        clock.advance(4)
+        self.assertNoResult(d)
+        request.finished.callback(None)
+
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_lostConnectionCounts(self):
+        requests = InFlightRequests()
+        request = _Request()
+        requests.begin(request)
+
+        request.finished.errback(ConnectionLost())
+
+        self.assertEqual(requests.count, 0)
+
+    def test_timeout(self):
+        requests = InFlightRequests()
+        requests.begin(_Request())
+        clock = Clock()
+
+        d = requests.wait(clock, 5)
+        clock.advance(5)
+
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(requests.count, 1)
+
+    def test_noHTTP2Offered(self):
+        site = EngineSite(Resource(), InFlightRequests())
+
+        self.assertEqual(site.acceptableProtocols(), [b"http/1.1"])
