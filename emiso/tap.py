@@ -30,7 +30,8 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve the Docker Engine API for the SO3 containers (MEs) of this smart "
-        "object. Docker clients and Portainer connect to the --listen endpoints."
+        "object. Docker clients and Portainer connect to the --listen endpoints. "
+        "'emiso-engine certs --help' describes the certificates of secure mode."
     )
 
     optFlags = [
