@@ -75,10 +75,16 @@ class UpdateScenarioTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, directory, True)
         self.engine.docker("import", write_version_two(directory), "refso3-sim:v2")
         before = self.inspect()
+        since = str(int(time.time()) - 1)
 
         status, body = self.engine.request_json(
             "POST", "/containers/c1/so3/update",
             {"Image": "refso3-sim:v2", "MinReadySeconds": 1},
+        )
+        events = self.engine.docker(
+            "events", "--since", since, "--until", str(int(time.time()) + 1),
+            "--filter", "event=update", "--format",
+            '{{.Action}} {{index .Actor.Attributes "step"}}',
         )
 
         self.assertEqual(status, 200, body)
@@ -97,15 +103,31 @@ class UpdateScenarioTests(SynchronousTestCase):
         )
         slots = list((self.engine.data_dir / "agency" / "slots").glob("*.json"))
         self.assertEqual(len(slots), 1)
+        self.assertEqual(
+            events.stdout.splitlines(),
+            [
+                "update suspend-old",
+                "update inject-new",
+                "update start-new",
+                "update terminate-old",
+                "update done",
+            ],
+        )
 
     def test_crashing_image_rolls_back(self):
         self.engine.docker("import", str(CRASHER), "refso3-sim:crasher")
         before = self.inspect()
         counter = heartbeats(self.engine.docker("logs", "c1").stdout)[-1]
+        since = str(int(time.time()) - 1)
 
         status, body = self.engine.request_json(
             "POST", "/containers/c1/so3/update",
             {"Image": "refso3-sim:crasher", "MinReadySeconds": 4},
+        )
+        events = self.engine.docker(
+            "events", "--since", since, "--until", str(int(time.time()) + 1),
+            "--filter", "event=update", "--format",
+            '{{index .Actor.Attributes "step"}}',
         )
 
         self.assertEqual(status, 500)
@@ -119,3 +141,7 @@ class UpdateScenarioTests(SynchronousTestCase):
         self.assertEqual(logs.count("Booting"), 2)
         slots = list((self.engine.data_dir / "agency" / "slots").glob("*.json"))
         self.assertEqual(len(slots), 1)
+        self.assertEqual(
+            events.stdout.split(),
+            ["suspend-old", "inject-new", "start-new", "rollback", "rolled-back"],
+        )
