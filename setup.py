@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
     package_data={
-        "emiso": ["samples/*.itb"],
+        "emiso": ["samples/*.itb", "samples/qemu/*.itb"],
         "twisted": ["plugins/emiso_plugin.py"],
     },
     include_package_data=True,

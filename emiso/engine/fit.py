@@ -152,6 +152,22 @@ def parse_fit(data: bytes) -> FitImage:
     )
 
 
+def image_data(data: bytes, name: str) -> bytes:
+    """
+    Return the data of the image node C{/images/NAME} of a FIT image, inline
+    or stored after the tree (C{mkimage -E}).
+
+    @raise InvalidImage: the data is not a FIT image or has no such node.
+    """
+    data = bytes(data)
+    tree = _parse_device_tree(data, "FIT image")
+    images_node = tree.root.get_subnode("images")
+    node = images_node.get_subnode(name) if images_node is not None else None
+    if node is None:
+        raise InvalidImage(f"invalid FIT image: missing /images/{name} node")
+    return _image_data(data, tree, node)
+
+
 def _parse_device_tree(data: bytes, subject: str) -> fdt.FDT:
     if len(data) < _DTB_HEADER_SIZE:
         raise InvalidImage(
