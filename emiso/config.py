@@ -22,7 +22,12 @@ DEFAULT_SECURE_LISTEN = "tcp:2376"
 TLS_FILE_NAMES = {"tlscacert": "ca.pem", "tlscert": "cert.pem", "tlskey": "key.pem"}
 
 #: The agency backends the driver knows.
-AGENCY_BACKENDS = ("sim",)
+AGENCY_BACKENDS = ("sim", "qemu")
+
+#: The sample images copied into an empty image folder, per backend, as a
+#: folder inside the C{emiso} package (C{""} is C{emiso/samples} itself).
+#: Backends without an entry (a board) get no samples.
+SAMPLE_FOLDERS = {"sim": "", "qemu": "qemu"}
 
 #: Default time limits of agency operations, in seconds. Booting an ME
 #: (finalize) and snapshots take longest.
@@ -59,6 +64,8 @@ class Config:
     driver_command: list[str] | None = None
     timeouts: dict[str, float] = attrs.Factory(lambda: dict(DEFAULT_TIMEOUTS))
     install_samples: bool = True
+    #: Folder of the sample images; None means C{emiso/samples}.
+    samples_dir: str | None = None
     tlscacert: str = ""
     tlscert: str = ""
     tlskey: str = ""
@@ -193,7 +200,16 @@ def resolve(options: dict[str, Any]) -> Config:
         max_body_size=max_body_size,
         driver_command=driver_command,
         timeouts=timeouts,
-        install_samples=agency == "sim",
+        install_samples=agency in SAMPLE_FOLDERS,
+        samples_dir=_samples_dir(agency),
         tls_skip_client_verify=tls_skip_client_verify,
         **tls_files,
     )
+
+
+def _samples_dir(agency: str) -> str | None:
+    """Return the sample folder of a backend, or None for the default one."""
+    folder = SAMPLE_FOLDERS.get(agency)
+    if not folder:
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples", folder)

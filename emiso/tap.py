@@ -57,7 +57,9 @@ class Options(usage.Options):
          "[default: /var/lib/emiso as root, else ~/.local/share/emiso]."],
         ["image-dir", None, None,
          "Folder of the ME images (.itb files) [default: DATA-DIR/images]."],
-        ["agency", None, None, "Agency backend: sim (simulated smart object) [default: sim]."],
+        ["agency", None, None,
+         "Agency backend: sim (simulated smart object) or qemu (QEMU virtual "
+         "machines) [default: sim]."],
         ["config", None, None,
          f"TOML configuration file [default: {DEFAULT_CONFIG_FILE} when it exists]."],
         ["max-body-size", None, None,

@@ -288,11 +288,11 @@ class DriverCommandLineTests(SynchronousTestCase):
 
     def test_unknown_backend_is_error(self):
         result = self.run_driver(
-            sys.executable, "-m", "emiso.agency.driver", "--backend", "qemu"
+            sys.executable, "-m", "emiso.agency.driver", "--backend", "vmware"
         )
 
         self.assertEqual(result.returncode, 2)
-        self.assertIn(b"unknown backend 'qemu'", result.stderr)
+        self.assertIn(b"unknown backend 'vmware'", result.stderr)
 
 
 class DriverMonitorTimingTests(SynchronousTestCase):

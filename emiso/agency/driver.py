@@ -47,9 +47,21 @@ def _make_sim_backend(options: argparse.Namespace):
     return SimAgency(options.state_dir)
 
 
+def _make_qemu_backend(options: argparse.Namespace):
+    from emiso.agency.qemu.agency import QemuAgency, QemuUnavailable, find_qemu
+
+    if options.state_dir is None:
+        raise BackendUnavailable("backend qemu needs --state-dir DIR")
+    try:
+        find_qemu()
+    except QemuUnavailable as error:
+        raise BackendUnavailable(str(error)) from None
+    return QemuAgency(options.state_dir)
+
+
 # Backend name -> factory taking the parsed options. A backend object has
 # operations() -> {wire name: callable} and poll() -> list of event dicts.
-BACKENDS: dict[str, Callable] = {"sim": _make_sim_backend}
+BACKENDS: dict[str, Callable] = {"sim": _make_sim_backend, "qemu": _make_qemu_backend}
 
 
 class BackendUnavailable(Exception):
@@ -190,10 +202,11 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         default="sim",
-        help="agency backend: sim (simulated smart object); default sim",
+        help="agency backend: sim (simulated smart object) or qemu (QEMU virtual "
+        "machines); default sim",
     )
     parser.add_argument(
-        "--state-dir", default=None, help="directory for the sim backend's slot files"
+        "--state-dir", default=None, help="directory for the backend's slot files"
     )
     parser.add_argument(
         "operation",

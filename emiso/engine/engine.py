@@ -38,7 +38,13 @@ class Engine:
         self.events = EventBus()
         self.threadpool = ThreadPool(minthreads=1, maxthreads=4, name="emiso-io")
         self.store = Store(os.path.join(config.data_dir, "emiso.db"), reactor)
-        self.images = ImageStore(config.image_dir, self.store, reactor, self.threadpool)
+        self.images = ImageStore(
+            config.image_dir,
+            self.store,
+            reactor,
+            self.threadpool,
+            samples_dir=config.samples_dir,
+        )
         self.containers = ContainerManager(
             reactor,
             self.store,
