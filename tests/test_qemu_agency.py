@@ -301,3 +301,23 @@ class QemuVmTests(SynchronousTestCase):
         wait_for(lambda: self.agency.poll() == [] and record.pump_pid != killed)
 
         self.wait_heartbeat(last + 2)
+
+    def test_restore_checks_image_digest(self):
+        slot = self.boot()
+        self.agency.initialize(slot)
+        snapshot = os.path.join(self.folder, "snapshot.zip")
+        self.agency.read_snapshot(slot, snapshot)
+        other = os.path.join(self.folder, "other.itb")
+        with open(other, "wb") as stream:
+            stream.write(build_fit())
+
+        error = self.assertRaises(
+            OperationError,
+            self.agency.write_snapshot,
+            snapshot,
+            self.log_path("c2"),
+            "c2",
+            image=other,
+        )
+
+        self.assertIn("sha256", error.message)

@@ -521,18 +521,35 @@ class QemuAgency:
             _unlink_quietly(stream_path)
         return {"size": os.path.getsize(path)}
 
-    def write_snapshot(self, path: str, log: str, token: str = "") -> dict:
+    def write_snapshot(
+        self, path: str, log: str, token: str = "", image: str | None = None
+    ) -> dict:
         """
         Start a VM from a snapshot in the first free slot, in state
         migrating; finalize resumes it where the snapshot stopped.
 
-        @raise OperationError: C{invalid} when the zip is not a qemu snapshot,
-            C{no_slot}, C{no_memory}, C{internal} when QEMU fails to start.
+        The migration stream holds the VM's whole memory, so the image is
+        not read again; when C{image} is given (the engine's copy of it), its
+        SHA-256 must be the one the snapshot records, and the slot names it.
+
+        @raise OperationError: C{invalid} when the zip is not a qemu snapshot
+            or C{image} does not match it, C{no_slot}, C{no_memory},
+            C{internal} when QEMU fails to start.
         """
         path = _require_absolute_path(path, "path")
         log = _require_absolute_path(log, "log")
         token = _require_string(token, "token")
         metadata = _read_snapshot_metadata(path)
+        if image is not None:
+            image = _require_absolute_path(image, "image")
+            digest = _sha256_file(image)
+            if digest != metadata["image_sha256"]:
+                raise OperationError(
+                    "invalid",
+                    f"snapshot {path} was taken from an image with sha256 "
+                    f"{metadata['image_sha256']}, but {image} has sha256 {digest}",
+                )
+            metadata["image"] = image
         arch = self._architecture(path, metadata["arch"])
         binary = self._binary(arch)
         chunks = metadata["size"] // CHUNK_SIZE
@@ -1166,6 +1183,17 @@ def _require_string(value, name: str) -> str:
     if not isinstance(value, str):
         raise OperationError("invalid", f"{name} must be a string, got {value!r}")
     return value
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as error:
+        raise OperationError("invalid", f"cannot read image {path}: {error}") from None
+    return digest.hexdigest()
 
 
 def _unlink_quietly(path: str) -> None:
