@@ -27,9 +27,7 @@ class SplitLinesTests(SynchronousTestCase):
     def test_long_line_is_cut(self):
         lines, pending = split_lines(b"", b"x" * (MAX_LINE + 3))
 
-        self.assertEqual(
-            ([len(text) for text in lines], pending), ([MAX_LINE], b"xxx")
-        )
+        self.assertEqual(([len(text) for text in lines], pending), ([MAX_LINE], b"xxx"))
 
     def test_bad_utf8_is_replaced(self):
         lines, pending = split_lines(b"", b"a\xffb\n")

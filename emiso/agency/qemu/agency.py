@@ -10,7 +10,7 @@ generation-A ME states are those of the simulated agency:
  - C{initialize} is QMP C{stop} (suspended); C{finalize} then sends C{cont}.
  - C{terminate} is QMP C{quit}, with SIGKILL after L{TERMINATE_GRACE}.
  - C{read_snapshot} writes the VM's migration stream to a file and wraps it
-   as the single entry C{me} of a zip whose comment holds the metadata.
+   as the single entry C{me} of a zip whose comment contains the metadata.
  - C{write_snapshot} starts a new QEMU that takes the stream as incoming
    migration (state migrating); C{finalize} waits for it and sends C{cont}.
 
@@ -72,11 +72,11 @@ BOARD_DTB_SPACE = 0x100000
 
 @attrs.frozen
 class Architecture:
-    """How QEMU runs the kernels of one FIT C{arch}."""
+    """QEMU settings for the kernels of one FIT C{arch}."""
 
     binary: str
     cpu: str
-    #: Where C{-kernel} puts a raw image, from the RAM base.
+    #: Offset from the RAM base at which C{-kernel} loads a raw image.
     kernel_offset: int
     #: The Debian package that provides C{binary}.
     package: str = "qemu-system-arm"
@@ -103,7 +103,7 @@ MIGRATION_TIMEOUT = 50.0
 QMP_TIMEOUT = 5.0
 # Seconds between two checks while an operation waits for a VM.
 WAIT_INTERVAL = 0.02
-# Longest UNIX socket path, with room to spare (the limit is 108 bytes).
+# Maximum UNIX socket path length used, below the 108-byte sun_path limit.
 MAX_SOCKET_PATH = 100
 
 
@@ -272,12 +272,6 @@ def spawn_detached(argv: list[str], stderr_path: str | None = None) -> subproces
             start_new_session=True,
             close_fds=True,
         )
-
-
-def _read_default_fit(path: str):
-    from emiso.engine.fit import read_fit_file
-
-    return read_fit_file(path)
 
 
 class QemuAgency:
@@ -528,7 +522,7 @@ class QemuAgency:
         Start a VM from a snapshot in the first free slot, in state
         migrating; finalize resumes it where the snapshot stopped.
 
-        The migration stream holds the VM's whole memory, so the image is
+        The migration stream contains the VM's whole memory, so the image is
         not read again; when C{image} is given (the engine's copy of it), its
         SHA-256 must be the one the snapshot records, and the slot names it.
 
@@ -1051,7 +1045,10 @@ class QemuAgency:
             "token": record.token,
             "pid": record.pid,
             "log": record.log,
-            "console": record.console_path,
+            # TODO: bridge the engine's JSON console protocol
+            # (emiso.engine.console) to this raw UART socket, so exec and
+            # attach reach the VM; until then no "console" is reported.
+            "serial": record.console_path,
             "cpu_seconds": info.cpu_seconds if info is not None else None,
             "rss": read_process_rss(record.pid),
         }

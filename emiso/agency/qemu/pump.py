@@ -5,7 +5,7 @@ C{logfile} of the serial chardev), whether or not anything reads it. One
 pump process per VM reads that file as it grows, splits it into lines,
 stamps each line with the time it read it and appends it to the console
 log in the engine's format. The pump is detached like the VM, so the
-console keeps being recorded while the driver or the engine is down; it
+console keeps being recorded while the driver or the engine is down. It
 records how far it has read in an offset file, so a replacement pump
 carries on where it stopped. It exits once QEMU is gone and the raw log
 is read to its end.
@@ -23,7 +23,7 @@ from emiso.agency.sim.me import format_console_line
 
 # Seconds between two reads of the raw log.
 POLL_INTERVAL = 0.05
-# Longest line kept; a longer run of bytes without a newline is cut here.
+# Maximum line length in bytes; a longer run without a newline is split.
 MAX_LINE = 16384
 
 

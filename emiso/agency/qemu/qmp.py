@@ -22,7 +22,7 @@ _READ_SIZE = 65536
 
 class QmpError(Exception):
     """
-    QEMU answered a command with an error, or the connection failed.
+    QEMU returned an error for a command, or the connection failed.
 
     @ivar error_class: QEMU's error class (for example C{GenericError}), or
         C{None} when the failure is not a QMP error reply.
@@ -70,7 +70,7 @@ class QmpConnection:
         """
         Run one command and return the value of its C{return} member.
 
-        @raise QmpError: QEMU answered with an error, the connection closed or
+        @raise QmpError: QEMU returned an error, the connection closed or
             no reply came within C{timeout} seconds.
         """
         return self._command(command, arguments, self._clock() + timeout)
@@ -103,7 +103,7 @@ class QmpConnection:
             if "error" in reply:
                 error = reply["error"] if isinstance(reply["error"], dict) else {}
                 raise QmpError(
-                    f"QEMU refused {command}: {error.get('desc', reply['error'])}",
+                    f"QEMU rejected {command}: {error.get('desc', reply['error'])}",
                     error.get("class"),
                 )
             if "return" not in reply:
@@ -114,13 +114,15 @@ class QmpConnection:
         while b"\n" not in self._buffer:
             remaining = deadline - self._clock()
             if remaining <= 0:
-                raise QmpError("QEMU did not answer on its QMP socket in time")
+                raise QmpError(
+                    "QMP request timed out: QEMU sent no reply on its QMP socket"
+                )
             try:
                 self._transport.settimeout(remaining)
                 chunk = self._transport.recv(_READ_SIZE)
             except socket.timeout:
                 raise QmpError(
-                    "QEMU did not answer on its QMP socket in time"
+                    "QMP request timed out: QEMU sent no reply on its QMP socket"
                 ) from None
             except OSError as error:
                 raise QmpError(
@@ -147,7 +149,7 @@ def connect(path: str, timeout: float = DEFAULT_TIMEOUT) -> QmpConnection:
     """
     Connect to the QMP UNIX socket at C{path} and negotiate capabilities.
 
-    @raise QmpError: the socket does not accept, or QEMU does not answer.
+    @raise QmpError: the connection fails, or QEMU sends no greeting in time.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
