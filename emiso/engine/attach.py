@@ -11,8 +11,10 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from emiso.engine.console import connect_console
+from emiso.engine.execs import IStreamReceiver
 from emiso.engine.logs import LogFollower, LogOptions, inline_reader
 from emiso.errors import ConsoleUnavailable
 
@@ -37,6 +39,7 @@ class AttachOptions:
     stderr: bool = True
 
 
+@implementer(IStreamReceiver)
 class AttachSession:
     """
     One attach stream: console log frames out, input lines to the console.

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 from emiso.engine.console import ConsoleClosed, connect_console
 from emiso.engine.logs import frame
@@ -256,6 +256,7 @@ def check_can_exec(container: Any) -> None:
         )
 
 
+@implementer(IStreamReceiver)
 class ExecSession:
     """
     A started exec: one console command, or an interactive console session.
