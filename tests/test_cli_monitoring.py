@@ -66,9 +66,7 @@ class DockerCliMonitoringTests(CliTestCase):
             self.docker("create", "--name", DEMO, "refso3-sim")
         if not self.inspect(DEMO)["State"]["Running"]:
             self.docker("start", DEMO)
-        logs = wait_until(
-            lambda: "heartbeat 1" in self.docker("logs", DEMO).stdout
-        )
+        logs = wait_until(lambda: "heartbeat 1" in self.docker("logs", DEMO).stdout)
         self.assertTrue(logs, "the demo container printed no heartbeat")
         return self.inspect(DEMO)["Id"]
 
@@ -78,15 +76,23 @@ class DockerCliMonitoringTests(CliTestCase):
         self.docker("create", "--name", "cli-mon-idle", "blinky-sim")
 
         running = self.docker(
-            "ps", "--filter", "name=cli-mon", "--filter", "status=running",
-            "--format", "{{.Names}}",
+            "ps",
+            "--filter",
+            "name=cli-mon",
+            "--filter",
+            "status=running",
+            "--format",
+            "{{.Names}}",
         ).stdout.split()
         blinky = self.docker(
             "ps", "-a", "--filter", "ancestor=blinky-sim", "--format", "{{.Names}}"
         ).stdout.split()
         labelled = self.docker(
-            "ps", "--filter", "label=org.soo.me.name=SOO.refso3-sim",
-            "--format", "{{.Names}}",
+            "ps",
+            "--filter",
+            "label=org.soo.me.name=SOO.refso3-sim",
+            "--format",
+            "{{.Names}}",
         ).stdout.split()
 
         self.assertEqual(running, [DEMO])
@@ -97,7 +103,10 @@ class DockerCliMonitoringTests(CliTestCase):
         self.running_demo()
 
         output = self.docker(
-            "stats", "--no-stream", "--format", "{{.Name}}|{{.MemUsage}}|{{.PIDs}}",
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.Name}}|{{.MemUsage}}|{{.PIDs}}",
             DEMO,
         ).stdout
 
@@ -122,8 +131,15 @@ class DockerCliMonitoringTests(CliTestCase):
         until = time.time()
 
         output = self.docker(
-            "events", "--since", str(int(until) - 3600), "--until", f"{until:.6f}",
-            "--filter", f"container={DEMO}", "--format", "{{json .}}",
+            "events",
+            "--since",
+            str(int(until) - 3600),
+            "--until",
+            f"{until:.6f}",
+            "--filter",
+            f"container={DEMO}",
+            "--format",
+            "{{json .}}",
         ).stdout
 
         events = [json.loads(line) for line in output.splitlines()]
@@ -198,6 +214,23 @@ class DockerCliMonitoringTests(CliTestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn("cannot be pulled", result.stderr)
 
+    def test_unsupported_commands(self):
+        self.remove_later("cli-mon-files")
+        self.docker("create", "--name", "cli-mon-files", "blinky-sim")
+        commands = {
+            ("export", "cli-mon-files"): "has no file system",
+            ("commit", "cli-mon-files", "snapshot"): "docker commit is not supported",
+            ("swarm", "init"): "swarm mode is not supported",
+            ("service", "ls"): "This node is not a swarm manager",
+            ("volume", "create", "data"): "volumes are not supported",
+        }
+
+        results = {args: self.docker(*args, check=False) for args in commands}
+
+        for args, expected in commands.items():
+            self.assertEqual(results[args].returncode, 1, args)
+            self.assertIn(expected, results[args].stderr)
+
     def test_volume_network_ls(self):
         volumes = self.docker("volume", "ls", "-q").stdout
         networks = self.docker("network", "ls", "-q").stdout
@@ -232,8 +265,9 @@ class RestartPolicyTests(CliTestCase):
     def test_on_failure_retries(self):
         self.import_crasher()
         self.remove_later("cli-crasher")
-        self.docker("run", "-d", "--name", "cli-crasher", "--restart", "on-failure:2",
-                    "crasher")
+        self.docker(
+            "run", "-d", "--name", "cli-crasher", "--restart", "on-failure:2", "crasher"
+        )
 
         settled = wait_until(
             lambda: (lambda s: s["RestartCount"] == 2 and not s["State"]["Running"])(
@@ -253,7 +287,9 @@ class RestartPolicyTests(CliTestCase):
         self.remove_later("cli-crasher-no")
         self.docker("run", "-d", "--name", "cli-crasher-no", "crasher")
 
-        stopped = wait_until(lambda: not self.inspect("cli-crasher-no")["State"]["Running"])
+        stopped = wait_until(
+            lambda: not self.inspect("cli-crasher-no")["State"]["Running"]
+        )
         time.sleep(0.5)
         final = self.inspect("cli-crasher-no")
 
@@ -264,10 +300,18 @@ class RestartPolicyTests(CliTestCase):
     def test_engine_start_policies(self):
         self.remove_later("cli-always")
         self.remove_later("cli-unless")
-        self.docker("run", "-d", "--name", "cli-always", "--restart", "always",
-                    "blinky-sim")
-        self.docker("run", "-d", "--name", "cli-unless", "--restart", "unless-stopped",
-                    "blinky-sim")
+        self.docker(
+            "run", "-d", "--name", "cli-always", "--restart", "always", "blinky-sim"
+        )
+        self.docker(
+            "run",
+            "-d",
+            "--name",
+            "cli-unless",
+            "--restart",
+            "unless-stopped",
+            "blinky-sim",
+        )
         self.docker("stop", "cli-always", "cli-unless")
         stopped_always = self.inspect("cli-always")["State"]["Running"]
 

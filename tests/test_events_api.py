@@ -69,7 +69,9 @@ class EventMatchesTests(SynchronousTestCase):
         filters = {"label": ["org.soo.me.name=SOO.refso3", "missing"]}
 
         self.assertFalse(event_matches(container_event(), filters))
-        self.assertTrue(event_matches(container_event(), {"label": ["org.soo.me.name"]}))
+        self.assertTrue(
+            event_matches(container_event(), {"label": ["org.soo.me.name"]})
+        )
 
     def test_network_matches_nothing(self):
         self.assertFalse(event_matches(container_event(), {"network": ["bridge"]}))

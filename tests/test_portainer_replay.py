@@ -1,7 +1,7 @@
 """
 Replay of the requests Portainer sends for a "Docker Standalone" environment,
 against a real engine process, with the checks Portainer's code applies to
-the answers (types, the fields it dereferences, the status texts it parses).
+the responses (types, the fields it dereferences, the status texts it parses).
 
 Portainer's backend talks unversioned or at the negotiated 1.44; its browser
 code prefixes raw calls with C{/v1.41}. Every JSON body is validated against
@@ -366,3 +366,26 @@ class PortainerReplayTests(SynchronousTestCase):
         self.assertIn("portainer-tag:v1", tags)
         self.assertEqual(removed_status, 200)
         self.assertEqual(json.loads(removed), [{"Untagged": "portainer-tag:v1"}])
+
+    def test_container_actions(self):
+        self.created_container("portainer-actions")
+        base = "/v1.41/containers/portainer-actions"
+
+        codes = [self.engine.request("POST", f"{base}/start")[0]]
+        self.wait_for_log("portainer-actions", b"heartbeat 1")
+        codes.append(self.engine.request("POST", f"{base}/pause")[0])
+        _, paused = self.get(
+            '/containers/json?all=1&filters={"name":["portainer-actions"]}'
+        )
+        codes.append(self.engine.request("POST", f"{base}/unpause")[0])
+        codes.append(self.engine.request("POST", f"{base}/stop")[0])
+        _, stopped = self.get(
+            '/containers/json?all=1&filters={"name":["portainer-actions"]}'
+        )
+
+        self.assertEqual(codes, [204, 204, 204, 204])
+        self.assertEqual(paused[0]["State"], "paused")
+        self.assertRegex(paused[0]["Status"], r"^Up .* \(Paused\)$")
+        self.assertEqual(portainer_status(paused[0]["Status"]), "paused")
+        self.assertRegex(stopped[0]["Status"], r"^Exited \(0\) ")
+        self.assertEqual(portainer_status(stopped[0]["Status"]), "exited")

@@ -47,7 +47,7 @@ def with_policy(name: str, count: int = 0, **fields) -> FakeContainer:
 
 class FakeContainers:
     """
-    Records the starts the restart manager asks for.
+    Records the starts the restart manager requests.
     """
 
     def __init__(self, containers=()) -> None:

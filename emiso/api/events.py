@@ -1,4 +1,5 @@
-"""The C{GET /events} stream: buffered events since a time, then live ones until a time."""
+"""The C{GET /events} stream: buffered events since a time, then live ones until
+a time."""
 
 import json
 from typing import Any
@@ -163,17 +164,17 @@ def _time_arg(request: Any, name: str) -> int | None:
     return parse_docker_time_ns(text, name)
 
 
-def _action_matches(action: str, wanted: str) -> bool:
+def _action_matches(action: str, expected: str) -> bool:
     # Actions such as "exec_start: sh" match the filter "exec_start".
-    return action == wanted or action.split(":", 1)[0] == wanted
+    return action == expected or action.split(":", 1)[0] == expected
 
 
-def _id_or_name_matches(event: Event, wanted: str) -> bool:
+def _id_or_name_matches(event: Event, expected: str) -> bool:
     name = event.attributes.get("name", "")
-    return event.actor_id.startswith(wanted) or name == wanted.lstrip("/")
+    return event.actor_id.startswith(expected) or name == expected.lstrip("/")
 
 
-def _image_matches(event: Event, wanted: str) -> bool:
+def _image_matches(event: Event, expected: str) -> bool:
     if event.type == "image":
         candidates = {event.actor_id, event.attributes.get("name", "")}
     else:
@@ -181,17 +182,17 @@ def _image_matches(event: Event, wanted: str) -> bool:
     for candidate in candidates:
         if not candidate:
             continue
-        if candidate == wanted or candidate == wanted + ":latest":
+        if candidate == expected or candidate == expected + ":latest":
             return True
         if candidate.startswith("sha256:") and candidate[7:].startswith(
-            wanted.removeprefix("sha256:")
+            expected.removeprefix("sha256:")
         ):
             return True
     return False
 
 
-def _label_matches(attributes: dict[str, str], wanted: str) -> bool:
-    if "=" in wanted:
-        key, value = wanted.split("=", 1)
+def _label_matches(attributes: dict[str, str], expected: str) -> bool:
+    if "=" in expected:
+        key, value = expected.split("=", 1)
         return attributes.get(key) == value
-    return wanted in attributes
+    return expected in attributes

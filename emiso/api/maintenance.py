@@ -18,13 +18,37 @@ from emiso.errors import EngineError, InvalidParameter, NoSuchContainer, NoSuchI
 #: a zero or empty value (what the docker CLI sends for unset flags) is
 #: accepted, anything else is rejected.
 RESOURCE_FIELDS = (
-    "BlkioWeight", "BlkioWeightDevice", "BlkioDeviceReadBps", "BlkioDeviceWriteBps",
-    "BlkioDeviceReadIOps", "BlkioDeviceWriteIOps", "CgroupParent", "CpuCount",
-    "CpuPercent", "CpuPeriod", "CpuQuota", "CpuRealtimePeriod", "CpuRealtimeRuntime",
-    "CpuShares", "CpusetCpus", "CpusetMems", "DeviceCgroupRules", "DeviceRequests",
-    "Devices", "IOMaximumBandwidth", "IOMaximumIOps", "KernelMemory",
-    "KernelMemoryTCP", "Memory", "MemoryReservation", "MemorySwap",
-    "MemorySwappiness", "NanoCpus", "OomKillDisable", "PidsLimit", "Ulimits",
+    "BlkioWeight",
+    "BlkioWeightDevice",
+    "BlkioDeviceReadBps",
+    "BlkioDeviceWriteBps",
+    "BlkioDeviceReadIOps",
+    "BlkioDeviceWriteIOps",
+    "CgroupParent",
+    "CpuCount",
+    "CpuPercent",
+    "CpuPeriod",
+    "CpuQuota",
+    "CpuRealtimePeriod",
+    "CpuRealtimeRuntime",
+    "CpuShares",
+    "CpusetCpus",
+    "CpusetMems",
+    "DeviceCgroupRules",
+    "DeviceRequests",
+    "Devices",
+    "IOMaximumBandwidth",
+    "IOMaximumIOps",
+    "KernelMemory",
+    "KernelMemoryTCP",
+    "Memory",
+    "MemoryReservation",
+    "MemorySwap",
+    "MemorySwappiness",
+    "NanoCpus",
+    "OomKillDisable",
+    "PidsLimit",
+    "Ulimits",
 )
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -131,7 +155,9 @@ class MaintenanceRoutes:
             containers.append(item)
         images = [
             render.image_summary(image, usage.get(image.id, 0))
-            for image in sorted(engine.images.list(), key=lambda i: i.created, reverse=True)
+            for image in sorted(
+                engine.images.list(), key=lambda i: i.created, reverse=True
+            )
         ]
         body = {
             "LayersSize": sum(image["Size"] for image in images),
@@ -168,8 +194,8 @@ def _until_seconds(value: str) -> float:
     return parse_docker_time(text, "until")
 
 
-def _has_label(labels: dict, wanted: str) -> bool:
-    if "=" in wanted:
-        key, value = wanted.split("=", 1)
+def _has_label(labels: dict, expected: str) -> bool:
+    if "=" in expected:
+        key, value = expected.split("=", 1)
         return labels.get(key) == value
-    return wanted in labels
+    return expected in labels

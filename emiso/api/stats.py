@@ -145,8 +145,9 @@ class _StatsStream:
                 error=failure.value,
             )
         else:
-            log.failure("Stats of container {id} failed", failure,
-                        id=self._container_id[:12])
+            log.failure(
+                "Stats of container {id} failed", failure, id=self._container_id[:12]
+            )
         self._close()
 
     def _close(self, _: object = None) -> None:

@@ -3,7 +3,7 @@
 The container manager reports every exit to L{RestartManager}; when the ME
 left its slot without a request and the container's policy allows it, the
 manager starts the container again after a back-off delay. At engine start
-it starts the stopped containers whose policy asks for it, as dockerd does
+it starts the stopped containers whose policy requires it, as dockerd does
 when it restores its containers.
 """
 
@@ -39,7 +39,9 @@ def validate_restart_policy(policy: Any) -> dict:
     if policy is None:
         policy = {}
     if not isinstance(policy, dict):
-        raise InvalidParameter("invalid restart policy: RestartPolicy must be an object")
+        raise InvalidParameter(
+            "invalid restart policy: RestartPolicy must be an object"
+        )
     name = policy.get("Name") or "no"
     count = policy.get("MaximumRetryCount") or 0
     if name not in POLICY_NAMES:
@@ -153,7 +155,7 @@ class RestartManager:
 
     def engine_started(self) -> None:
         """
-        Start the stopped containers whose policy asks for it, once the
+        Start the stopped containers whose policy requires it, once the
         records are reconciled with the agency.
         """
         for container in self._containers.list():

@@ -182,7 +182,11 @@ def _cpu_stats(sample: Sample, ncpu: int) -> dict:
 
 def _zero_cpu_stats() -> dict:
     return {
-        "cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
+        "cpu_usage": {
+            "total_usage": 0,
+            "usage_in_kernelmode": 0,
+            "usage_in_usermode": 0,
+        },
         "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
     }
 
