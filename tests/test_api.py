@@ -446,3 +446,17 @@ class ContainerRouteTests(APITestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(body.count(b"line "), 2000)
         self.assertTrue(body.endswith(b"line 1999\n"))
+
+    def test_generated_name_when_pairs_taken(self):
+        from emiso.engine import containers as manager_module
+
+        taken = {
+            f"{adjective}_{noun}"
+            for adjective in manager_module._ADJECTIVES
+            for noun in manager_module._NOUNS
+        }
+        self.engine.containers._reserved_names.update(taken)
+
+        name = self.engine.containers._generate_name()
+
+        self.assertNotIn(name, taken)

@@ -55,6 +55,9 @@ _NOUNS = (
     "migrant", "object", "packet", "sensor", "signal", "slot", "vessel",
 )
 
+#: Random adjective_noun pairs tried before a generated name gets a number.
+_NAME_ATTEMPTS = 10
+
 
 @attrs.define
 class Container:
@@ -317,8 +320,14 @@ class ContainerManager:
             )
 
     def _generate_name(self) -> str:
+        attempt = 0
         while True:
             name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
+            attempt += 1
+            if attempt > _NAME_ATTEMPTS:
+                # Past a few hundred containers most pairs are taken, so a
+                # number is added, as Docker does, to keep the loop finite.
+                name += str(secrets.randbelow(10 ** (2 + attempt // _NAME_ATTEMPTS)))
             taken = name in self._reserved_names or any(
                 c.name == name for c in self._containers.values()
             )
