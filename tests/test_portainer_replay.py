@@ -10,6 +10,7 @@ the Docker Engine API 1.44 specification by L{EngineProcess.request}.
 
 import io
 import json
+import math
 import struct
 import tarfile
 import time
@@ -280,7 +281,7 @@ class PortainerReplayTests(SynchronousTestCase):
 
     def test_events_window(self):
         container = self.demo_container()
-        now = int(time.time())
+        now = math.ceil(time.time())
 
         status, headers, data = self.engine.request(
             "GET", f"/v1.41/events?since={now - 86400}&until={now}"
@@ -389,3 +390,11 @@ class PortainerReplayTests(SynchronousTestCase):
         self.assertEqual(portainer_status(paused[0]["Status"]), "paused")
         self.assertRegex(stopped[0]["Status"], r"^Exited \(0\) ")
         self.assertEqual(portainer_status(stopped[0]["Status"]), "exited")
+
+    def test_events_until_only(self):
+        container = self.demo_container()
+
+        _, _, data = self.engine.request("GET", f"/events?until={time.time():.6f}")
+
+        ids = [json.loads(line)["Actor"]["ID"] for line in data.splitlines()]
+        self.assertIn(container["Id"], ids)

@@ -52,9 +52,10 @@ class EventRoutes:
         request.setHeader(b"Content-Type", JSON)
         request.write(b"")
         stream = _EventStream(request, filters, until_ns)
-        if since_ns is not None:
+        if since_ns is not None or until_ns is not None:
+            # As in dockerd, either bound replays the buffered events in it.
             for event in engine.events.history():
-                if event.time_ns >= since_ns:
+                if since_ns is None or event.time_ns >= since_ns:
                     stream.send(event)
         if until_ns is not None and until_ns <= now_ns:
             return b""
