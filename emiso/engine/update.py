@@ -131,6 +131,9 @@ class UpdateManager:
         self._publish(container, "suspend-old", previous, slot=old_slot)
         new_slot = None
         try:
+            # TODO: both MEs carry the container id as their token, so an
+            # engine restart in the middle of an update reconciles the
+            # container with one of them and leaves the other in its slot.
             injected = yield self._agency.inject(image.path, container.log_path,
                                                  container.id)
             new_slot = injected["slot"]
