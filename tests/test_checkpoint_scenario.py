@@ -170,3 +170,19 @@ class TwoEngineMoveTests(SynchronousTestCase):
         first_state = self.first.docker("inspect", "-f", "{{.State.Status}}", "c1")
         self.assertEqual(first_state.stdout.strip(), "exited")
         self.assertTrue(os.path.isfile(os.path.join(self.folder, "cp1", "snapshot.zip")))
+
+    def test_checkpoint_survives_restart(self):
+        self.first.docker("run", "-d", "--name", "c1", "refso3-sim")
+        wait_for_heartbeat(self.first, "c1", 2)
+        self.first.docker("checkpoint", "create", "c1", "cp1")
+        last = heartbeats(self.first.docker("logs", "c1").stdout)[-1]
+
+        self.first.restart()
+        listed = self.first.docker("checkpoint", "ls", "c1")
+        self.first.docker("start", "--checkpoint", "cp1", "c1")
+        logs = wait_for_heartbeat(self.first, "c1", last + 1)
+
+        self.assertEqual(listed.stdout.split(), ["CHECKPOINT", "NAME", "cp1"])
+        counters = heartbeats(logs)
+        self.assertEqual(counters[counters.index(last) + 1], last + 1)
+        self.assertEqual(logs.count("Booting"), 1)

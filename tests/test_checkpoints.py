@@ -218,6 +218,18 @@ class CheckpointRouteTests(APITestCase):
         self.assertEqual(self.agency.slots, {})
 
     @inlineCallbacks
+    def test_create_paused_stays_paused(self):
+        yield self.running()
+        yield self.request("POST", "/containers/demo/pause")
+
+        response, _ = yield self.checkpoint()
+
+        self.assertEqual(response.code, 201)
+        self.assertEqual((yield self.inspect())["State"]["Status"], "paused")
+        ops = [op for op, _ in self.agency.calls]
+        self.assertEqual(ops[-2:], ["initialize", "read_snapshot"])
+
+    @inlineCallbacks
     def test_list_and_delete(self):
         yield self.running()
         yield self.checkpoint()
