@@ -166,6 +166,9 @@ class UpdateManager:
             slots = (yield self._agency.list_slots())["slots"]
             entry = next((e for e in slots if e["slot"] == slot), {"state": "dead"})
             if entry["state"] != "living" or entry.get("token") != container.id:
+                # The agency's me_state event, which carries the reason (a
+                # kernel panic line, an exit status), may follow the list.
+                yield deferLater(self._reactor, POLL_INTERVAL, lambda: None)
                 return self._watched.get(slot) or (
                     f"the new ME in slot {slot} is {entry['state']}"
                 )
