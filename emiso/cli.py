@@ -43,6 +43,8 @@ Commands:
   container kill ID            terminate the ME at once (exit code 137)
   container rm [-f] ID         remove a container (-f stops it first)
   container logs ID            print the ME's console output
+  container update ID IMAGE    move the container to another image; a running
+                               ME is replaced only once the new one stays up
   help                         show this list
   exit                         stop the engine and leave (end of input does the same)
 ID is a container id, unique id prefix or name.
@@ -275,6 +277,11 @@ class Commands:
         return b"".join(records).decode("utf-8", "replace")
 
     @inlineCallbacks
+    def container_update(self, name: str, image: str):
+        result = yield self._engine.updates.update(name, image)
+        return f"{name}: {result.previous_image_ref} -> {result.image_ref}\n"
+
+    @inlineCallbacks
     def _lifecycle(self, operation: Callable[..., Deferred], name: str, *args: Any):
         try:
             yield operation(name, *args)
@@ -300,6 +307,7 @@ _ARITY = {
     "container_kill": (1, 1, "container kill ID"),
     "container_rm": (1, 2, "container rm [-f] ID"),
     "container_logs": (1, 1, "container logs ID"),
+    "container_update": (2, 2, "container update ID IMAGE"),
 }
 
 

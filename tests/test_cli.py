@@ -105,6 +105,19 @@ class CommandLineTests(TestCase):
         self.assertEqual(self.engine.containers.list(), [])
 
     @inlineCallbacks
+    def test_containerUpdate(self):
+        output = yield self.session(
+            "container create refso3-sim demo",
+            "container update demo blinky-sim",
+            "container update demo no-such-image",
+        )
+
+        lines = output.splitlines()
+        self.assertEqual(lines[1], "demo: refso3-sim -> blinky-sim")
+        self.assertIn("No such image: no-such-image", lines[2])
+        self.assertEqual(self.engine.containers.get("demo").image_ref, "blinky-sim")
+
+    @inlineCallbacks
     def test_imageLoad(self):
         source = os.path.join(self.mktemp() + "-images", "extra.itb")
         os.makedirs(os.path.dirname(source))
