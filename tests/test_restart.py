@@ -202,13 +202,15 @@ class RestartFlowTests(APITestCase):
 
         self.agency.crash(container.slot)
         response, listed = yield self.request(
-            "GET", '/containers/json?all=1&filters={"status":["restarting"]}'
+            "GET", '/containers/json?filters={"status":["restarting"]}'
         )
+        removal, _ = yield self.request("DELETE", "/containers/crashy")
         yield deferLater(reactor, 4 * FIRST_DELAY, lambda: None)
         _, inspected = yield self.request("GET", "/containers/crashy/json")
 
         self.assertEqual([item["Names"] for item in listed], [["/crashy"]])
         self.assertRegex(listed[0]["Status"], r"^Restarting \(255\) ")
+        self.assertEqual(removal.code, 409)
         self.assertEqual(inspected["State"]["Status"], "running")
         self.assertEqual(inspected["RestartCount"], 1)
 

@@ -60,7 +60,10 @@ class ContainerRoutes:
         now = time.time()
         containers = engine.containers.list()
         if not show_all and limit <= 0:
-            containers = [c for c in containers if c.running]
+            # dockerd lists restarting containers as running ones.
+            containers = [
+                c for c in containers if c.running or c.state == "restarting"
+            ]
         containers = [c for c in containers if container_matches(c, filters)]
         if limit > 0:
             containers = containers[:limit]

@@ -576,6 +576,11 @@ class ContainerManager:
                     "force remove"
                 )
             yield self._stop(container, 128 + signal.SIGKILL, "kill")
+        elif container.state == "restarting" and not force:
+            raise Conflict(
+                f'cannot remove container "/{container.name}": container is '
+                "restarting: stop the container before removing or force remove"
+            )
         container.removing = True
         yield self._store.delete_container(container.id)
         del self._containers[container.id]
