@@ -21,13 +21,27 @@ DEFAULT_SECURE_LISTEN = "tcp:2376"
 #: File names of the TLS files in C{DATA-DIR/certs}, as dockerd names them.
 TLS_FILE_NAMES = {"tlscacert": "ca.pem", "tlscert": "cert.pem", "tlskey": "key.pem"}
 
-#: The agency backends the driver knows.
-AGENCY_BACKENDS = ("sim", "qemu")
+#: The agency backends the driver knows: the simulated smart object, QEMU
+#: virtual machines, the generation-A agency kernel and the capsule kernel.
+AGENCY_BACKENDS = ("sim", "qemu", "soo", "capsule")
 
 #: The sample images copied into an empty image folder, per backend, as a
 #: folder inside the C{emiso} package (C{""} is C{emiso/samples} itself).
 #: Backends without an entry (a board) get no samples.
 SAMPLE_FOLDERS = {"sim": "", "qemu": "qemu"}
+
+#: The image folder of each board backend when C{--image-dir} is not given
+#: (the sim backend uses DATA-DIR/images).
+BOARD_IMAGE_DIRS = {"soo": "/mnt/ME", "capsule": "/mnt/capsules/image"}
+
+#: The agency device of the board backends.
+DEFAULT_AGENCY_DEVICE = "/dev/soo/core"
+
+#: ABIs of the agency kernel's ioctl structures.
+AGENCY_ABIS = ("arm64", "arm")
+
+#: Prefix of an agency device that selects the test suite's fake kernel.
+FAKE_DEVICE_PREFIX = "fake:"
 
 #: Default time limits of agency operations, in seconds. Booting an ME
 #: (finalize) and snapshots take longest.
@@ -70,6 +84,10 @@ class Config:
     tlscert: str = ""
     tlskey: str = ""
     tls_skip_client_verify: bool = False
+    agency_device: str = DEFAULT_AGENCY_DEVICE
+    agency_abi: str = "arm64"
+    me_log: str | None = None
+    me_log_id: str = "slot"
 
     @property
     def tls_dir(self) -> str:
@@ -84,7 +102,7 @@ class Config:
         """
         if self.driver_command:
             return list(self.driver_command)
-        return [
+        argv = [
             sys.executable,
             "-m",
             "emiso.agency.driver",
@@ -93,6 +111,12 @@ class Config:
             "--state-dir",
             os.path.join(self.data_dir, "agency"),
         ]
+        if self.agency in BOARD_IMAGE_DIRS:
+            argv += ["--device", self.agency_device, "--abi", self.agency_abi,
+                     "--me-log-id", self.me_log_id]
+            if self.me_log:
+                argv += ["--me-log", self.me_log]
+        return argv
 
 
 def default_data_dir() -> str:
@@ -137,7 +161,8 @@ def resolve(options: dict[str, Any]) -> Config:
     elif os.path.exists(DEFAULT_CONFIG_FILE):
         file_values = read_config_file(DEFAULT_CONFIG_FILE)
     engine_values = dict(file_values.get("engine", {}))
-    unknown = set(file_values) - {"engine", "timeouts"}
+    agency_values = dict(file_values.get("agency", {}))
+    unknown = set(file_values) - {"engine", "timeouts", "agency"}
     if unknown:
         raise ConfigError(f"unknown section(s) in the configuration file: {sorted(unknown)}")
 
@@ -149,17 +174,20 @@ def resolve(options: dict[str, Any]) -> Config:
         return from_file
 
     data_dir = os.path.abspath(os.path.expanduser(pick("data_dir", default_data_dir())))
-    image_dir = pick("image_dir", None)
-    image_dir = os.path.abspath(os.path.expanduser(image_dir or os.path.join(data_dir, "images")))
-    secure = bool(pick("secure", False))
-    listen = pick("listen", None) or [DEFAULT_SECURE_LISTEN if secure else DEFAULT_LISTEN]
-    if isinstance(listen, str):
-        listen = [listen]
     agency = pick("agency", "sim")
     if agency not in AGENCY_BACKENDS:
         raise ConfigError(
             f"unknown agency backend {agency!r}; available: {', '.join(AGENCY_BACKENDS)}"
         )
+    image_dir = pick("image_dir", None) or BOARD_IMAGE_DIRS.get(agency)
+    image_dir = os.path.abspath(os.path.expanduser(image_dir or os.path.join(data_dir, "images")))
+    secure = bool(pick("secure", False))
+    listen = pick("listen", None) or [DEFAULT_SECURE_LISTEN if secure else DEFAULT_LISTEN]
+    if isinstance(listen, str):
+        listen = [listen]
+    board = _resolve_agency_section(agency_values)
+    if agency in BOARD_IMAGE_DIRS:
+        check_agency_device(board["agency_device"])
     experimental = pick("experimental", True)
     if not isinstance(experimental, bool):
         raise ConfigError(f"experimental must be true or false, not {experimental!r}")
@@ -204,6 +232,7 @@ def resolve(options: dict[str, Any]) -> Config:
         samples_dir=_samples_dir(agency),
         tls_skip_client_verify=tls_skip_client_verify,
         **tls_files,
+        **board,
     )
 
 
@@ -213,3 +242,48 @@ def _samples_dir(agency: str) -> str | None:
     if not folder:
         return None
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples", folder)
+
+
+def _resolve_agency_section(values: dict[str, Any]) -> dict[str, Any]:
+    """Check the C{[agency]} section, used by the soo and capsule backends."""
+    device = values.pop("device", DEFAULT_AGENCY_DEVICE)
+    abi = values.pop("abi", "arm64")
+    me_log = values.pop("me-log", None)
+    me_log_id = values.pop("me-log-id", "slot")
+    if values:
+        raise ConfigError(f"unknown option(s) in the [agency] section: {sorted(values)}")
+    if not isinstance(device, str) or not device:
+        raise ConfigError(f"invalid [agency] device {device!r}: expected a path")
+    if abi not in AGENCY_ABIS:
+        raise ConfigError(
+            f"invalid [agency] abi {abi!r}; expected one of {', '.join(AGENCY_ABIS)}"
+        )
+    if me_log is not None and (not isinstance(me_log, str) or not me_log):
+        raise ConfigError(f"invalid [agency] me-log {me_log!r}: expected a path")
+    if me_log_id not in ("slot", "capsule"):
+        raise ConfigError(
+            f"invalid [agency] me-log-id {me_log_id!r}; expected slot or capsule"
+        )
+    return {
+        "agency_device": device,
+        "agency_abi": abi,
+        "me_log": me_log,
+        "me_log_id": me_log_id,
+    }
+
+
+def check_agency_device(device: str) -> None:
+    """
+    Check that the agency device exists, so that an engine started on a
+    machine without the SOO kernel stops at once with a clear message.
+
+    @raise ConfigError: the device node is missing.
+    """
+    if device.startswith(FAKE_DEVICE_PREFIX):
+        return
+    if not os.path.exists(device):
+        raise ConfigError(
+            f"the agency device {device} does not exist: the soo and capsule "
+            "backends run only on a SOO smart object whose agency kernel "
+            f"provides it (mknod {device} c 126 0); use --agency sim elsewhere"
+        )

@@ -56,10 +56,12 @@ class Options(usage.Options):
          "Folder of the engine's database, logs and agency state "
          "[default: /var/lib/emiso as root, else ~/.local/share/emiso]."],
         ["image-dir", None, None,
-         "Folder of the ME images (.itb files) [default: DATA-DIR/images]."],
+         "Folder of the ME images (.itb files) [default: DATA-DIR/images; "
+         "/mnt/ME for soo, /mnt/capsules/image for capsule]."],
         ["agency", None, None,
-         "Agency backend: sim (simulated smart object) or qemu (QEMU virtual "
-         "machines) [default: sim]."],
+         "Agency backend: sim (simulated smart object), qemu (QEMU virtual "
+         "machines), soo (generation-A agency kernel, /dev/soo/core) or capsule "
+         "(capsule agency kernel) [default: sim]."],
         ["config", None, None,
          f"TOML configuration file [default: {DEFAULT_CONFIG_FILE} when it exists]."],
         ["max-body-size", None, None,

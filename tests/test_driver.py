@@ -277,13 +277,17 @@ class DriverCommandLineTests(SynchronousTestCase):
         reply = decode_message(result.stdout)
         self.assertEqual(reply["error"]["kind"], "not_found")
 
-    def test_soo_backend_not_available(self):
+    def test_soo_backend_missing_device(self):
+        device = os.path.join(self.state_dir, "no-such-core")
+
         result = self.run_driver(
-            sys.executable, "-m", "emiso.agency.driver", "--backend", "soo"
+            sys.executable, "-m", "emiso.agency.driver", "--backend", "soo",
+            "--state-dir", self.state_dir, "--device", device,
         )
 
         self.assertEqual(result.returncode, 2)
-        self.assertIn(b"backend soo is not available yet", result.stderr)
+        self.assertIn(f"the agency device {device} does not exist".encode(),
+                      result.stderr)
         self.assertEqual(result.stdout, b"")
 
     def test_unknown_backend_is_error(self):

@@ -29,8 +29,8 @@ logger = Logger()
 # Seconds between two checks of the ME processes by the monitor thread.
 MONITOR_INTERVAL = 0.2
 
-# Backends that exist in the design but are not written yet.
-PLANNED_BACKENDS = ("soo",)
+#: Prefix of C{--device} that selects the fake kernel of the test suite.
+FAKE_DEVICE_PREFIX = "fake:"
 
 
 def _make_sim_backend(options: argparse.Namespace):
@@ -59,9 +59,58 @@ def _make_qemu_backend(options: argparse.Namespace):
     return QemuAgency(options.state_dir)
 
 
+def _make_soo_backend(options: argparse.Namespace):
+    from emiso.agency.soo.agency_a import GenerationABackend
+    from emiso.agency.soo.agency_c import CapsuleBackend
+    from emiso.agency.soo.device import DeviceError, SooDevice
+    from emiso.agency.soo.logs import (
+        DEFAULT_PER_ME_LOG,
+        DEFAULT_SHARED_LOG,
+        LogLayout,
+    )
+
+    if options.state_dir is None:
+        raise BackendUnavailable(f"backend {options.backend} needs --state-dir DIR")
+    capsule = options.backend == "capsule"
+    template = options.me_log or (DEFAULT_PER_ME_LOG if capsule else DEFAULT_SHARED_LOG)
+    try:
+        layout = LogLayout(template, options.me_log_id)
+    except ValueError as error:
+        raise BackendUnavailable(str(error)) from None
+    generation = "C" if capsule else "A"
+    if options.device.startswith(FAKE_DEVICE_PREFIX):
+        device = _fake_device(options.device[len(FAKE_DEVICE_PREFIX):], generation,
+                              options.abi)
+    else:
+        device = SooDevice(options.device)
+    backend_class = CapsuleBackend if capsule else GenerationABackend
+    try:
+        return backend_class(device, options.state_dir, options.abi, layout)
+    except DeviceError as error:
+        raise BackendUnavailable(str(error)) from None
+
+
+def _fake_device(directory: str, generation: str, abi: str):
+    # The fake kernel lives in the test suite; it is only found when the
+    # driver runs from a source tree.
+    try:
+        from tests.fakesoo import FakeSooDevice
+    except ImportError as error:
+        raise BackendUnavailable(
+            f"--device {FAKE_DEVICE_PREFIX}DIR needs the test suite's fake "
+            f"kernel (tests/fakesoo.py): {error}"
+        ) from None
+    return FakeSooDevice(directory, generation, abi)
+
+
 # Backend name -> factory taking the parsed options. A backend object has
 # operations() -> {wire name: callable} and poll() -> list of event dicts.
-BACKENDS: dict[str, Callable] = {"sim": _make_sim_backend, "qemu": _make_qemu_backend}
+BACKENDS: dict[str, Callable] = {
+    "sim": _make_sim_backend,
+    "qemu": _make_qemu_backend,
+    "soo": _make_soo_backend,
+    "capsule": _make_soo_backend,
+}
 
 
 class BackendUnavailable(Exception):
@@ -202,11 +251,41 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         default="sim",
-        help="agency backend: sim (simulated smart object) or qemu (QEMU virtual "
-        "machines); default sim",
+        help=(
+            "agency backend: sim (simulated smart object), qemu (QEMU virtual "
+            "machines), soo (generation-A agency kernel) or capsule (capsule "
+            "agency kernel); default sim"
+        ),
     )
     parser.add_argument(
         "--state-dir", default=None, help="directory for the backend's slot files"
+    )
+    parser.add_argument(
+        "--device",
+        default="/dev/soo/core",
+        help="agency device of the soo and capsule backends; default /dev/soo/core",
+    )
+    parser.add_argument(
+        "--abi",
+        choices=("arm64", "arm"),
+        default="arm64",
+        help="ABI of the agency kernel's ioctl structures; default arm64",
+    )
+    parser.add_argument(
+        "--me-log",
+        default=None,
+        metavar="TEMPLATE",
+        help=(
+            "syslog file of the ME console lines; {id} stands for the ME's id, "
+            "and a template without {id} names one file shared by all MEs. "
+            "Default /var/log/soo/me (soo) or /var/log/soo/me_{id}.log (capsule)"
+        ),
+    )
+    parser.add_argument(
+        "--me-log-id",
+        choices=("slot", "capsule"),
+        default="slot",
+        help="the id in ME log file names and [ME:<id>] prefixes; default slot",
     )
     parser.add_argument(
         "operation",
@@ -226,13 +305,12 @@ def make_backend(options: argparse.Namespace):
     """
     Build the backend named by C{--backend}.
 
-    @raise BackendUnavailable: unknown or planned backend, or missing options.
+    @raise BackendUnavailable: unknown backend, missing options, or a
+        missing agency device.
     """
     factory = BACKENDS.get(options.backend)
     if factory is not None:
         return factory(options)
-    if options.backend in PLANNED_BACKENDS:
-        raise BackendUnavailable(f"backend {options.backend} is not available yet")
     raise BackendUnavailable(
         f"unknown backend {options.backend!r}; available: {', '.join(sorted(BACKENDS))}"
     )

@@ -1,0 +1,1 @@
+"""The SOO agency backends of the driver: generation A (soo) and capsule kernels."""
