@@ -561,6 +561,9 @@ class ContainerManager:
         except EngineError as error:
             yield self._after_failure(container, "unpause", error)
             raise _operation_failed(container, "unpause", error)
+        # A capsule kernel restores a paused capsule from its snapshot, which
+        # may land in another slot.
+        container.slot = result.get("slot", container.slot)
         container.me_state = result.get("state", "living")
         container.state = docker_state(container.me_state)
         yield self._save(container)
@@ -675,9 +678,19 @@ class ContainerManager:
 
     def _record_event(self, event: dict) -> None:
         slot = event.get("slot")
-        container = next(
-            (c for c in self._containers.values() if c.slot == slot), None
-        )
+        token = event.get("token")
+        if token:
+            # A capsule backend moves a paused capsule's slot reservation and
+            # reports the slot it had in previous_slot.
+            container = self._containers.get(token)
+            if container is not None and container.slot not in (
+                slot, event.get("previous_slot")
+            ):
+                container = None
+        else:
+            container = next(
+                (c for c in self._containers.values() if c.slot == slot), None
+            )
         if container is None or container.operation is not None:
             return
         state = event.get("state")

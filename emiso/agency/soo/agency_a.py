@@ -64,6 +64,7 @@ class GenerationABackend(SooBackend):
             self.reconcile(entries)
             if all(entries[slot]["state"] != "dead" for slot in SLOTS):
                 raise OperationError("no_slot", "inject: all ME slots are in use")
+            offsets = self.log_offsets()
             with UserBuffers() as buffers:
                 address = buffers.copy(data)
                 reply = self.call("INJECT_ME", buffers, buffer=address, value=len(data))
@@ -72,8 +73,8 @@ class GenerationABackend(SooBackend):
                 raise self.free_slot_error(self.me_ids(), "inject", fit.me.domain_size)
             self.add_record(
                 self.new_record(
-                    slot, token, log, "booting", image=image, name=fit.me.me_name,
-                    spid=fit.me.spid, size=fit.me.domain_size,
+                    slot, token, log, "booting", offsets, image=image,
+                    name=fit.me.me_name, spid=fit.me.spid, size=fit.me.domain_size,
                 )
             )
         logger.info("Injected {image} into slot {slot}", image=image, slot=slot)
@@ -194,6 +195,7 @@ class GenerationABackend(SooBackend):
             self.reconcile(entries)
             if all(entries[slot]["state"] != "dead" for slot in SLOTS):
                 raise OperationError("no_slot", "write_snapshot: all ME slots are in use")
+            offsets = self.log_offsets()
             with UserBuffers() as buffers:
                 reply = self.call("GET_ME_FREE_SLOT", buffers, value=me_size)
                 slot = reply["slotID"]
@@ -202,8 +204,9 @@ class GenerationABackend(SooBackend):
                 self.call("INIT_MIGRATION", buffers, slot=slot)
                 address = buffers.copy(data)
                 self.call("WRITE_SNAPSHOT", buffers, buffer=address, slot=slot)
-            self.add_record(self.new_record(slot, token, log, "migrating",
-                                            size=me_size))
+            self.add_record(
+                self.new_record(slot, token, log, "migrating", offsets, size=me_size)
+            )
         return {"slot": slot, "state": "migrating"}
 
     def _record_result(self, record, state: str, operation: str) -> None:

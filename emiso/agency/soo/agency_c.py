@@ -86,6 +86,7 @@ class CapsuleBackend(SooBackend):
             self.reconcile(entries)
             slot = self._free_slot(entries, "inject")
             capsule_id = self._next_capsule_id()
+            offsets = self.log_offsets(capsule_id)
             with UserBuffers() as buffers:
                 address = buffers.copy(data)
                 reply = self.call("INJECT_CAPSULE", buffers, buffer=address,
@@ -95,7 +96,8 @@ class CapsuleBackend(SooBackend):
             slot = reply["slotID"]
             self.add_record(
                 self.new_record(
-                    slot, token, log, "stopped", capsule_id=capsule_id, image=image,
+                    slot, token, log, "stopped", offsets, capsule_id=capsule_id,
+                    image=image,
                     name=fit.me.me_name, spid=fit.me.spid, size=fit.me.domain_size,
                 )
             )
@@ -205,9 +207,11 @@ class CapsuleBackend(SooBackend):
             entries = self.me_ids()
             self.reconcile(entries)
             wanted = self._free_slot(entries, "write_snapshot")
+            capsule_id = self._next_capsule_id()
+            offsets = self.log_offsets(capsule_id)
             slot, state = self._write_snapshot(data, wanted)
-            record = self.new_record(slot, token, log, state,
-                                     capsule_id=self._next_capsule_id())
+            record = self.new_record(slot, token, log, state, offsets,
+                                     capsule_id=capsule_id)
             self.add_record(record)
         return {"slot": slot, "state": self.wire_state(state)}
 
@@ -293,10 +297,11 @@ class CapsuleBackend(SooBackend):
         data = _check_snapshot(read_snapshot_entry(saved.snapshot), saved.snapshot)
         entries = self.me_ids()
         wanted = saved.slot if entries[saved.slot]["state"] == "dead" else -1
+        offsets = self.log_offsets(saved.capsule_id)
         slot, state = self._write_snapshot(data, wanted)
         old_slot = saved.slot
         record = self.new_record(
-            slot, saved.token, saved.log, state, capsule_id=saved.capsule_id,
+            slot, saved.token, saved.log, state, offsets, capsule_id=saved.capsule_id,
             image=saved.image, name=saved.name, spid=saved.spid, size=saved.size,
         )
         self._forget_saved(saved)

@@ -194,10 +194,23 @@ class SooBackend:
         except FileNotFoundError:
             pass
 
+    def log_offsets(self, capsule_id: int | None = None) -> dict[int, int]:
+        """
+        Return the current end of each slot's syslog file.
+
+        Taken before the ioctl that starts an ME, so that the copy of its
+        console starts there: the lines of an earlier ME in the slot are
+        skipped, and the first lines of the new one are kept.
+        """
+        return {
+            slot: logs.file_size(self.log_layout.source(slot, capsule_id).path)
+            for slot in SLOTS
+        }
+
     def new_record(self, slot: int, token: str, log: str, state: str,
-                   capsule_id: int | None = None, **fields) -> SlotRecord:
-        """Build the record of a new ME; its log copy starts at the end of
-        the syslog file, so lines of an earlier ME in the slot are skipped."""
+                   offsets: dict[int, int], capsule_id: int | None = None,
+                   **fields) -> SlotRecord:
+        """Build the record of a new ME; C{offsets} comes from L{log_offsets}."""
         source = self.log_layout.source(slot, capsule_id)
         return SlotRecord(
             slot=slot,
@@ -208,7 +221,7 @@ class SooBackend:
             log_path=source.path,
             log_prefix=source.prefix,
             log_shared=source.shared,
-            log_offset=logs.file_size(source.path),
+            log_offset=offsets[slot],
             **fields,
         )
 
