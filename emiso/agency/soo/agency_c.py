@@ -139,18 +139,23 @@ class CapsuleBackend(SooBackend):
                     f"initialize: the capsule in slot {slot} was not injected by "
                     "this engine, so the driver cannot restore it after a pause",
                 )
+            # The capsule keeps running after READ_SNAPSHOT, and what it
+            # prints until SHUTDOWN is printed again after the restore, so
+            # the shutdown comes at once and the zip is written afterwards.
             data = self._read_snapshot(slot)
-            snapshot = os.path.join(self._hibernated_dir, f"{slot}.zip")
-            self.write_zip(snapshot, data)
             state = self._shut_down(slot, record)
             if state != "dead":
-                os.remove(snapshot)
                 raise OperationError(
                     "internal",
                     f"initialize: the capsule in slot {slot} is still {state} after "
                     "SHUTDOWN",
                 )
             self.drop_record(record)
+            snapshot = os.path.join(self._hibernated_dir, f"{slot}.zip")
+            try:
+                self.write_zip(snapshot, data)
+            except OSError as error:
+                self._restore_after_failed_save(record, data, error)
             record.state = "hibernate"
             record.snapshot = snapshot
             self.hibernated[slot] = record
@@ -158,6 +163,26 @@ class CapsuleBackend(SooBackend):
         logger.info("Paused capsule {name} of slot {slot} to {path}",
                     name=record.name, slot=slot, path=snapshot)
         return {"state": "suspended"}
+
+    def _restore_after_failed_save(self, record: SlotRecord, data: bytes,
+                                   error: OSError) -> None:
+        """Put a capsule whose snapshot could not be saved back into a slot."""
+        logger.error("Cannot save the snapshot of slot {slot}: {error}; restoring "
+                     "the capsule", slot=record.slot, error=error)
+        offsets = self.log_offsets(record.capsule_id)
+        slot, state = self._write_snapshot(data, record.slot)
+        self.add_record(
+            self.new_record(
+                slot, record.token, record.log, state, offsets,
+                capsule_id=record.capsule_id, image=record.image, name=record.name,
+                spid=record.spid, size=record.size,
+            )
+        )
+        raise OperationError(
+            "internal",
+            f"initialize: cannot save the snapshot of slot {record.slot} "
+            f"({error}); the capsule was restored into slot {slot}",
+        )
 
     def terminate(self, slot: int) -> dict:
         """Shut the capsule down and free its slot (or drop its saved snapshot)."""
