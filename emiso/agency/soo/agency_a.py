@@ -174,11 +174,16 @@ class GenerationABackend(SooBackend):
                 data = snapshot.raw[:size]
         return {"size": self.write_zip(path, data)}
 
-    def write_snapshot(self, path: str, log: str, token: str = "") -> dict:
+    def write_snapshot(self, path: str, log: str, token: str = "",
+                       image: str | None = None) -> dict:
         """Restore a snapshot zip into a free slot, in state migrating."""
         path = require_absolute_path(path, "path")
         log = require_absolute_path(log, "log")
         token = require_string(token, "token")
+        # The kernel snapshot holds the whole ME, so the image is only
+        # recorded for the list.
+        if image is not None:
+            image = require_absolute_path(image, "image")
         data = read_snapshot_entry(path)
         if len(data) < _SNAPSHOT_HEADER.size:
             raise OperationError("invalid", f"snapshot {path} is too short")
@@ -205,7 +210,8 @@ class GenerationABackend(SooBackend):
                 address = buffers.copy(data)
                 self.call("WRITE_SNAPSHOT", buffers, buffer=address, slot=slot)
             self.add_record(
-                self.new_record(slot, token, log, "migrating", offsets, size=me_size)
+                self.new_record(slot, token, log, "migrating", offsets, size=me_size,
+                                image=image or "")
             )
         return {"slot": slot, "state": "migrating"}
 

@@ -222,11 +222,16 @@ class CapsuleBackend(SooBackend):
                 data = self._read_snapshot(slot)
         return {"size": self.write_zip(path, data)}
 
-    def write_snapshot(self, path: str, log: str, token: str = "") -> dict:
+    def write_snapshot(self, path: str, log: str, token: str = "",
+                       image: str | None = None) -> dict:
         """Restore a snapshot zip into a free slot; the capsule runs at once."""
         path = require_absolute_path(path, "path")
         log = require_absolute_path(log, "log")
         token = require_string(token, "token")
+        # The kernel snapshot holds the whole ME, so the image is only
+        # recorded for the list.
+        if image is not None:
+            image = require_absolute_path(image, "image")
         data = _check_snapshot(read_snapshot_entry(path), path)
         with self.device_lock:
             entries = self.me_ids()
@@ -236,7 +241,7 @@ class CapsuleBackend(SooBackend):
             offsets = self.log_offsets(capsule_id)
             slot, state = self._write_snapshot(data, wanted)
             record = self.new_record(slot, token, log, state, offsets,
-                                     capsule_id=capsule_id)
+                                     capsule_id=capsule_id, image=image or "")
             self.add_record(record)
         return {"slot": slot, "state": self.wire_state(state)}
 
