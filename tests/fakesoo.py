@@ -5,7 +5,7 @@ C{agency_ioctl_args_t} structure, follows the user pointers in it with
 C{ctypes} (so a buffer freed too early shows up as garbage), applies the
 ME state machine of the configured generation and writes back what the
 kernel writes back, including C{slotID == -1} and C{value == -1}. A call
-that the real kernel answers with C{BUG()} raises L{KernelBug} and is
+to which the real kernel responds with C{BUG()} raises L{KernelBug} and is
 recorded, so tests can check that the driver never sends one.
 
 The slot states live in C{<directory>/kernel.json}, so a restarted driver
@@ -159,7 +159,7 @@ class FakeSooDevice:
                 kernel["slots"][str(slot)]["state"] = state
 
     def log_path(self, slot: int) -> str:
-        """Return the syslog file that holds the lines of the ME in C{slot}."""
+        """Return the syslog file that contains the lines of the ME in C{slot}."""
         if self.generation == "A":
             return os.path.join(self.log_dir, "me")
         return os.path.join(self.log_dir, f"me_{slot}.log")

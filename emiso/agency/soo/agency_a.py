@@ -16,7 +16,7 @@ Operations map to the kernel like this:
 - list: C{GET_ME_ID_ARRAY}.
 
 Before each call the driver reads the slot's state, because the kernel
-answers a call in a state it does not expect with C{BUG()}.
+responds with C{BUG()} to a call in a state it does not expect.
 """
 
 import struct
@@ -127,7 +127,7 @@ class GenerationABackend(SooBackend):
             with UserBuffers() as buffers:
                 if state in ("suspended", "migrating", "booting"):
                     # FORCE_TERMINATE ignores these states, so the ME is first
-                    # brought to living, as the agency does at reboot.
+                    # brought to living.
                     logger.info("Finalizing the {state} ME in slot {slot} before "
                                 "terminating it", state=state, slot=slot)
                     self.call("FINAL_MIGRATION", buffers, slot=slot)

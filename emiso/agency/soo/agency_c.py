@@ -228,7 +228,7 @@ class CapsuleBackend(SooBackend):
         path = require_absolute_path(path, "path")
         log = require_absolute_path(log, "log")
         token = require_string(token, "token")
-        # The kernel snapshot holds the whole ME, so the image is only
+        # The kernel snapshot contains the whole ME, so the image is only
         # recorded for the list.
         if image is not None:
             image = require_absolute_path(image, "image")

@@ -37,7 +37,7 @@ DEFAULT_POLL_INTERVAL = 1.0
 @attrs.define
 class SlotRecord:
     """
-    What the driver knows about an ME beyond the kernel's C{ME_id_t}.
+    The driver's data about an ME beyond the kernel's C{ME_id_t}.
 
     Persisted as C{<state-dir>/soo/slots/<slot>.json} (capsules saved by a
     pause: C{<state-dir>/soo/hibernated/<slot>.json}).
@@ -285,8 +285,8 @@ class SooBackend:
 
     def reconcile(self, entries: dict[int, dict]) -> None:
         """
-        Compare the records with the kernel's states; queue an event for each
-        ME whose state changed without the driver asking, and drop the
+        Compare the records with the kernel's states. Queue an event for each
+        ME whose state changed without a driver request, and drop the
         records of the slots that became empty.
         """
         with self._records_lock:

@@ -33,7 +33,7 @@ from emiso.engine.timeutil import format_fixed_timestamp_ns
 DEFAULT_SHARED_LOG = "/var/log/soo/me"
 DEFAULT_PER_ME_LOG = "/var/log/soo/me_{id}.log"
 
-#: Which number fills C{{id}} and the C{[ME:<id>]} prefix.
+#: Kinds of ME id in C{{id}} and in the C{[ME:<id>]} prefix.
 LOG_ID_KINDS = ("slot", "capsule")
 
 # Bytes read from a syslog file per call, so one huge file cannot stall the
@@ -48,7 +48,7 @@ class LogSource:
 
     @ivar path: the syslog file.
     @ivar prefix: the C{[ME:<id>]} marker of the ME's lines.
-    @ivar shared: the file holds lines of all MEs, so only the lines with
+    @ivar shared: the file contains lines of all MEs, so only the lines with
         C{prefix} belong to this ME.
     """
 
