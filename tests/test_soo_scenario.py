@@ -101,6 +101,19 @@ class CapsuleCliScenarioTests(BoardCliMixin, test_cli_scenario.DockerCliScenario
 
     backend = "capsule"
 
+    def test_unpause_resumes_heartbeats(self):
+        # A capsule keeps running between its snapshot and its shutdown, so
+        # the first heartbeat after unpause may repeat the last one printed
+        # before the pause; the second one is new.
+        self.run_container("demo")
+        self.docker("pause", "demo")
+        before = max(self.heartbeats("demo"))
+
+        self.docker("unpause", "demo")
+
+        numbers = self.wait_for_heartbeats("demo", len(self.heartbeats("demo")) + 2)
+        self.assertGreater(max(numbers), before)
+
 
 class SooApiBodiesTests(BoardCliMixin, test_cli_scenario.ApiBodiesScenarioTests):
     """The JSON bodies in each container state on a generation-A kernel."""

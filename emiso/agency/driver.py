@@ -69,8 +69,16 @@ def _make_soo_backend(options: argparse.Namespace):
         LogLayout,
     )
 
+    from emiso.agency.sim.statelock import StateLocked, hold_state_lock
+
     if options.state_dir is None:
         raise BackendUnavailable(f"backend {options.backend} needs --state-dir DIR")
+    try:
+        # One driver at a time sends ioctls and writes the slot records; the
+        # lock is held until the process ends.
+        hold_state_lock(options.state_dir, kill_stale=options.operation is None)
+    except StateLocked as error:
+        raise BackendUnavailable(str(error)) from None
     capsule = options.backend == "capsule"
     template = options.me_log or (DEFAULT_PER_ME_LOG if capsule else DEFAULT_SHARED_LOG)
     try:
