@@ -18,7 +18,7 @@ READ_SIZE = 256 * 1024
 
 @dataclass(frozen=True)
 class Address:
-    """Where a server listens: a loopback TCP port or a unix socket path."""
+    """The listening address of a server: a loopback TCP port or a unix socket path."""
 
     host: str = "127.0.0.1"
     port: int = 0

@@ -52,7 +52,7 @@ class Settings:
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="smaller sizes and shorter runs (about 3 min)"
+        "--quick", action="store_true", help="smaller sizes and shorter runs (about 2 minutes)"
     )
     parser.add_argument(
         "--no-dockerd", action="store_true", help="benchmark the engine alone"

@@ -576,6 +576,9 @@ class LogFollower:
         if until is not None:
             delay = max(0.0, until / 1e9 - self._reactor.seconds())
             self._until_call = self._reactor.callLater(delay, self._reach_until)
+        # TODO: the initial part is read whole and written one frame per
+        # line in the reactor thread; a 100 MB log blocks the reactor for
+        # seconds. LogStreamer reads it in chunks for non-follow requests.
         d = self._reader(_collect, self.path, self.options)
         d.addCallback(self._write_initial)
         d.addErrback(self._fail)
