@@ -22,12 +22,17 @@ def log_line(offset_ns, stream, text):
 
 
 def unframe(records):
-    """Split frames back into (stream id, payload) pairs, checking each header."""
+    """
+    Split written bytes back into (stream id, payload) pairs, checking each
+    header; a write may carry several whole frames but never a partial one.
+    """
     result = []
     for record in records:
-        stream_id, size = struct.unpack(">BxxxI", record[:8])
-        assert size == len(record) - 8, record
-        result.append((stream_id, record[8:]))
+        while record:
+            stream_id, size = struct.unpack(">BxxxI", record[:8])
+            assert len(record) >= 8 + size, record
+            result.append((stream_id, record[8 : 8 + size]))
+            record = record[8 + size :]
     return result
 
 
@@ -777,7 +782,7 @@ class LogFollowerTests(LogFileMixin, SynchronousTestCase):
             path, now=BASE + 100, until_ns=BASE_NS + 1_000_000_000
         )
 
-        self.assertEqual(len(written), 3)
+        self.assertEqual(len(unframe(written)), 3)
         self.assertIsNone(self.successResultOf(follower.done))
 
     def test_since_in_follow(self):
@@ -801,7 +806,19 @@ class LogFollowerTests(LogFileMixin, SynchronousTestCase):
         for _ in range(20):
             clock.advance(0)
 
-        self.assertEqual(len(written), 20)
+        self.assertEqual(len(unframe(written)), 20)
+        self.assertGreater(len(written), 1)
+        follower.stop()
+
+    def test_initial_part_streamed_in_chunks(self):
+        self.patch(logs, "FOLLOW_READ_LIMIT", 100)
+        lines = [log_line(i, "stdout", f"n{i}") for i in range(20)]
+        path = self.make_log(b"".join(lines))
+
+        follower, clock, written = self.follow(path)
+
+        self.assertEqual(len(unframe(written)), 20)
+        self.assertGreater(len(written), 1)
         follower.stop()
 
     def test_write_failure_stops(self):

@@ -193,6 +193,10 @@ class ContainerRoutes:
         )
         request.notifyFinish().addBoth(lambda _: follower.stop())
         initial = follower.start()
+        if follower.streamer is not None:
+            # A slow client pauses the reading of the initial part.
+            request.registerProducer(follower.streamer, True)
+            initial.addBoth(lambda result: (request.unregisterProducer(), result)[1])
         # A container that is not running appends nothing, so its stream
         # ends once the initial frames are written.
         grace = FOLLOW_GRACE if container.running else 0

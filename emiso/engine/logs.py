@@ -463,13 +463,13 @@ class LogStreamer:
         options: LogOptions,
         write: Callable[[bytes], None],
         reader: Reader,
-        chunk_size: int = FOLLOW_READ_LIMIT,
+        chunk_size: int | None = None,
     ) -> None:
         self.path = path
         self.line_filter = _LineFilter(options)
         self._write = write
         self._reader = reader
-        self._chunk_size = chunk_size
+        self._chunk_size = chunk_size or FOLLOW_READ_LIMIT
         self._paused: Deferred | None = None
         self._stopped = False
 
@@ -565,6 +565,7 @@ class LogFollower:
         self._until_call = None
         self._until_passed = False
         self._stopped = False
+        self.streamer: LogStreamer | None = None
 
     def start(self) -> Deferred:
         """
@@ -576,19 +577,40 @@ class LogFollower:
         if until is not None:
             delay = max(0.0, until / 1e9 - self._reactor.seconds())
             self._until_call = self._reactor.callLater(delay, self._reach_until)
-        # TODO: the initial part is read whole and written one frame per
-        # line in the reactor thread; a 100 MB log blocks the reactor for
-        # seconds. LogStreamer reads it in chunks for non-follow requests.
-        d = self._reader(_collect, self.path, self.options)
-        d.addCallback(self._write_initial)
+        if self.options.tail is None:
+            # The whole file is wanted: stream it in chunks from a worker
+            # thread, so a large log neither fills memory nor holds the
+            # reactor thread.
+            self.streamer = LogStreamer(self.path, self.options, self._write_chunk, self._reader)
+            d = self.streamer.run()
+            d.addCallback(self._after_streamed)
+        else:
+            d = self._reader(_collect, self.path, self.options)
+            d.addCallback(self._write_initial)
         d.addErrback(self._fail)
         return d
+
+    def _write_chunk(self, data: bytes) -> None:
+        if not self._stopped:
+            self._send([data])
+
+    def _after_streamed(self, offset: int) -> None:
+        if self._stopped:
+            return
+        self._filter = self.streamer.line_filter
+        self._offset = offset
+        if self._filter.ended or self._until_passed:
+            self.stop()
+            return
+        self._schedule(self._poll_interval)
 
     def stop(self) -> None:
         """Stop following. No frame is written after this call."""
         if self._stopped:
             return
         self._stopped = True
+        if self.streamer is not None:
+            self.streamer.stopProducing()
         for call in (self._poll_call, self._until_call):
             if call is not None and call.active():
                 call.cancel()
@@ -612,15 +634,15 @@ class LogFollower:
         self._schedule(self._poll_interval)
 
     def _send(self, records: list[bytes]) -> None:
-        for record in records:
-            if self._stopped:
-                return
-            try:
-                self._write(record)
-            except Exception:
-                log.failure("Writing a log frame for {path} failed", path=self.path)
-                self.stop()
-                return
+        # One write per batch: the frames keep their boundaries, and a
+        # write per line would cost a transport call each.
+        if self._stopped or not records:
+            return
+        try:
+            self._write(b"".join(records))
+        except Exception:
+            log.failure("Writing a log frame for {path} failed", path=self.path)
+            self.stop()
 
     def _schedule(self, delay: float) -> None:
         if not self._stopped:
