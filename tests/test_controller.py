@@ -509,6 +509,18 @@ class DriverExitTests(ControllerTestMixin, SynchronousTestCase):
             "operation 'finalize' on slot 3",
         )
 
+    def test_exit_error_names_last_stderr_line(self):
+        process = self.start_controller()
+        result = self.controller.finalize(3)
+        process.send_stderr(b"qemu-system-aarch64 is not installed\n")
+
+        process.exit(status=2)
+
+        failure = self.failureResultOf(result, DriverDied)
+        self.assertIn(
+            "its last message: qemu-system-aarch64 is not installed", str(failure.value)
+        )
+
     def test_exit_keeps_queued_requests(self):
         process = self.start_controller()
         in_flight = self.controller.finalize(3)

@@ -171,6 +171,7 @@ class DriverProtocol(ProcessProtocol):
         self._stderr = bytearray()
         self.pid: int | None = None
         self.abandoned = False
+        self.last_stderr_line = ""
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
@@ -211,11 +212,12 @@ class DriverProtocol(ProcessProtocol):
             self._stderr.clear()
 
     def _log_stderr(self, line: bytes) -> None:
-        log.info(
-            "agency driver {pid}: {line}",
-            pid=self.pid,
-            line=line.decode("utf-8", "replace").rstrip("\r"),
-        )
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if text.strip():
+            # Kept for the error of a request the driver dies during, which
+            # otherwise names only the exit status.
+            self.last_stderr_line = text
+        log.info("agency driver {pid}: {line}", pid=self.pid, line=text)
 
     def processEnded(self, reason: Failure) -> None:
         if self._stderr:
@@ -692,13 +694,10 @@ class MEController:
             )
             self._schedule_restart(uptime)
         if request is not None:
-            self._fail(
-                request,
-                DriverDied(
-                    f"agency driver {driver.pid} exited ({status}) during "
-                    f"{request.describe()}"
-                ),
-            )
+            message = f"agency driver {driver.pid} exited ({status}) during {request.describe()}"
+            if driver.last_stderr_line:
+                message += f"; its last message: {driver.last_stderr_line.strip()}"
+            self._fail(request, DriverDied(message))
 
     def _kill_after_shutdown(self, driver: DriverProtocol) -> None:
         self._kill_call = None
