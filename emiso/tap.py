@@ -81,17 +81,12 @@ class Options(usage.Options):
         self["agency-timeout"] = {}
 
     def opt_listen(self, description: str) -> None:
-        """
-        Listen on a Twisted server endpoint description, for example
-        tcp:2375:interface=127.0.0.1 (repeatable) [default: tcp:2375:interface=127.0.0.1].
-        """
+        # usage.Options prints the docstring as it is, so it stays on one line.
+        """Listen on a Twisted server endpoint description, for example tcp:2375:interface=127.0.0.1 (repeatable) [default: tcp:2375:interface=127.0.0.1]."""  # noqa: E501
         self["listen"].append(description)
 
     def opt_agency_timeout(self, value: str) -> None:
-        """
-        Time limit of one agency operation, OP=SECONDS, for example
-        finalize=120 (repeatable) [default: see conf/emiso.toml].
-        """
+        """Time limit of one agency operation, OP=SECONDS, for example finalize=120 (repeatable) [default: see conf/emiso.toml]."""  # noqa: E501
         name, _, seconds = value.partition("=")
         try:
             self["agency-timeout"][name] = float(seconds)

@@ -46,7 +46,7 @@ class APITestCase(TestCase):
         self.agency = FakeAgency()
         self.engine = Engine(reactor, config, self.agency)
         yield self.engine.start()
-        self.addCleanup(self.engine.stop)
+        self.addCleanup(lambda: self.engine.stop())
         self.client = StubTreq(DockerAPI(self.engine).resource())
 
     @inlineCallbacks
@@ -152,6 +152,17 @@ class SystemRouteTests(APITestCase):
 
 class ImageRouteTests(APITestCase):
     @inlineCallbacks
+    def test_samples_copied_once(self):
+        yield self.request("DELETE", "/images/refso3-sim")
+        yield self.request("DELETE", "/images/blinky-sim")
+        yield self.engine.stop()
+        self.engine = Engine(reactor, self.engine.config, FakeAgency())
+
+        yield self.engine.start()
+
+        self.assertEqual(self.engine.images.list(), [])
+
+    @inlineCallbacks
     def test_samples_listed(self):
         response, body = yield self.request("GET", "/images/json")
 
@@ -179,6 +190,16 @@ class ImageRouteTests(APITestCase):
         self.assertTrue(body["status"].startswith("sha256:"))
         _, image = yield self.request("GET", "/images/mine:v2/json")
         self.assertIn("mine:v2", image["RepoTags"])
+
+    @inlineCallbacks
+    def test_tag_with_default_registry(self):
+        response, _ = yield self.request(
+            "POST", "/images/blinky-sim/tag?repo=docker.io/library/renamed&tag=x"
+        )
+
+        self.assertEqual(response.code, 201)
+        _, image = yield self.request("GET", "/images/renamed:x/json")
+        self.assertIn("renamed:x", image["RepoTags"])
 
     @inlineCallbacks
     def test_import_rejects_garbage(self):
@@ -236,6 +257,76 @@ class ContainerRouteTests(APITestCase):
         self.assertEqual(body["State"]["StartedAt"], "0001-01-01T00:00:00Z")
         self.assertFalse(body["Config"]["Tty"])
         self.assertEqual(body["HostConfig"]["LogConfig"]["Type"], "json-file")
+
+    @inlineCallbacks
+    def test_create_keeps_stdin_flags(self):
+        yield self.request(
+            "POST",
+            "/containers/create?name=interactive",
+            body={"Image": "refso3-sim", "OpenStdin": True, "AttachStdin": True,
+                  "Cmd": "status"},
+        )
+
+        _, body = yield self.request("GET", "/containers/interactive/json")
+
+        self.assertTrue(body["Config"]["OpenStdin"])
+        self.assertTrue(body["Config"]["AttachStdin"])
+        self.assertEqual(body["Config"]["Cmd"], ["status"])
+
+    @inlineCallbacks
+    def test_create_warns_ignored_settings(self):
+        response, body = yield self.request(
+            "POST",
+            "/containers/create?name=limited",
+            body={"Image": "refso3-sim", "HostConfig": {"Memory": 1 << 30,
+                                                        "PortBindings": {}}},
+        )
+
+        self.assertEqual(response.code, 201)
+        self.assertEqual(len(body["Warnings"]), 1)
+        self.assertIn("HostConfig.Memory is ignored", body["Warnings"][0])
+
+    @inlineCallbacks
+    def test_create_nested_json(self):
+        data = b'{"a":' * 100000 + b"1" + b"}" * 100000
+
+        response, body = yield self.request(
+            "POST", "/containers/create", data=data,
+            headers={b"Content-Type": [b"application/json"]},
+        )
+
+        self.assertEqual(response.code, 400)
+        self.assertIn("nested too deeply", body["message"])
+
+    @inlineCallbacks
+    def test_auto_remove_after_stop(self):
+        yield self.request(
+            "POST", "/containers/create?name=ephemeral",
+            body={"Image": "refso3-sim", "HostConfig": {"AutoRemove": True}},
+        )
+        _, inspected = yield self.request("GET", "/containers/ephemeral/json")
+        yield self.request("POST", "/containers/ephemeral/start")
+        removed = self.request("POST", "/containers/ephemeral/wait?condition=removed")
+
+        yield self.request("POST", "/containers/ephemeral/stop")
+
+        response, body = yield removed
+        self.assertTrue(inspected["HostConfig"]["AutoRemove"])
+        self.assertEqual(response.code, 200)
+        response, _ = yield self.request("GET", "/containers/ephemeral/json")
+        self.assertEqual(response.code, 404)
+
+    @inlineCallbacks
+    def test_auto_remove_with_restart_policy(self):
+        response, body = yield self.request(
+            "POST", "/containers/create",
+            body={"Image": "refso3-sim",
+                  "HostConfig": {"AutoRemove": True,
+                                 "RestartPolicy": {"Name": "always"}}},
+        )
+
+        self.assertEqual(response.code, 400)
+        self.assertIn("AutoRemove", body["message"])
 
     @inlineCallbacks
     def test_create_duplicate_name(self):

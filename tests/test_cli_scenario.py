@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.engineprocess import (
     DOCKER_CLI,
+    PROJECT_ROOT,
     SAMPLES_DIR,
     docker_cli_available,
     shared_engine,
@@ -370,6 +371,26 @@ class DockerCliScenarioTests(SynchronousTestCase):
 
         self.assertIn("Untagged: blinky-rmi:v1", result.stdout)
         self.assertNotIn("blinky-rmi:v1", self.image_tags())
+
+    def test_tag_adds_reference(self):
+        self.addCleanup(self.docker, "rmi", "blinky-tagged:x", check=False)
+
+        self.docker("tag", "blinky-sim", "blinky-tagged:x")
+
+        self.assertIn("blinky-tagged:x", self.image_tags())
+
+    def test_run_rm_removes_container(self):
+        exiter = PROJECT_ROOT / "tests" / "images" / "exiter.itb"
+        self.docker("import", str(exiter), "exiter-rm")
+        self.addCleanup(self.docker, "rmi", "-f", "exiter-rm", check=False)
+        self.remove_later("ephemeral")
+
+        result = self.docker("run", "--rm", "--name", "ephemeral", "exiter-rm",
+                             check=False, timeout=60)
+
+        self.assertEqual(result.returncode, 255, result.stderr)
+        self.assertIn("heartbeat", result.stdout)
+        self.assertEqual(self.ps_line("ephemeral", "-a"), "")
 
     def test_unknown_container_errors(self):
         commands = [

@@ -171,6 +171,8 @@ def json_body(request: Any, max_size: int | None = None) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidParameter(f"invalid JSON body: {error}")
+    except RecursionError:
+        raise InvalidParameter("invalid JSON body: nested too deeply")
     if not isinstance(body, dict):
         raise InvalidParameter("invalid JSON body: expected an object")
     return body

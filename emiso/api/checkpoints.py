@@ -1,5 +1,6 @@
 """Checkpoint routes: Docker's experimental checkpoint API over ME snapshots."""
 
+import json
 from typing import Any
 
 from emiso.api.base import app, json_body, json_response, no_content, query_arg
@@ -36,7 +37,11 @@ class CheckpointRoutes:
         require_experimental(self._engine)
         body = json_body(request)
         checkpoint_id = body.get("CheckpointID")
-        if not isinstance(checkpoint_id, str) or not checkpoint_id:
+        if checkpoint_id is not None and not isinstance(checkpoint_id, str):
+            raise InvalidParameter(
+                f"invalid CheckpointID {json.dumps(checkpoint_id)}: must be a string"
+            )
+        if not checkpoint_id:
             raise InvalidParameter("CheckpointID is missing: name the checkpoint")
         checkpoint_dir = body.get("CheckpointDir") or ""
         if not isinstance(checkpoint_dir, str):

@@ -37,7 +37,29 @@ from emiso.errors import InvalidParameter
 log = Logger()
 
 #: Create-body fields the engine keeps in the container record.
-CREATE_FIELDS_KEPT = ("Env", "Cmd")
+CREATE_FIELDS_KEPT = ("Env", "Cmd", "OpenStdin", "AttachStdin", "StdinOnce")
+
+#: HostConfig settings that have no meaning for an ME, with the value that
+#: means "not set"; create answers a warning for any other value.
+IGNORED_HOST_CONFIG = {
+    "Memory": 0,
+    "MemorySwap": 0,
+    "MemoryReservation": 0,
+    "NanoCpus": 0,
+    "CpuShares": 0,
+    "CpuQuota": 0,
+    "CpuPeriod": 0,
+    "CpusetCpus": "",
+    "Binds": None,
+    "Mounts": None,
+    "PortBindings": None,
+    "PublishAllPorts": False,
+    "Privileged": False,
+    "Devices": None,
+    "CapAdd": None,
+    "Dns": None,
+    "ExtraHosts": None,
+}
 
 #: Seconds a follow stream goes on after its container stopped, so the
 #: ME's last console lines reach the client.
@@ -82,15 +104,20 @@ class ContainerRoutes:
     def create_container(self, request: Any):
         body = json_body(request, self._max_body_size)
         image, labels, config, restart = validate_create_body(body)
+        host_config = {"RestartPolicy": restart} if restart["Name"] != "no" else {}
+        if auto_remove(body):
+            host_config["AutoRemove"] = True
         container = yield self._engine.containers.create(
             query_arg(request, "name") or None,
             image,
             labels,
             config,
-            {"RestartPolicy": restart} if restart["Name"] != "no" else {},
+            host_config,
         )
         request.setResponseCode(201)
-        return json_response(request, {"Id": container.id, "Warnings": []})
+        return json_response(
+            request, {"Id": container.id, "Warnings": create_warnings(body)}
+        )
 
     @app.route("/containers/<name>/json", methods=["GET"])
     def inspect_container(self, request: Any, name: str) -> bytes:
@@ -265,7 +292,14 @@ def validate_create_body(body: dict) -> tuple[str, dict, dict, dict]:
         raise InvalidParameter(
             f"invalid Cmd {json.dumps(cmd)}: must be a string or an array of strings"
         )
+    for flag in ("OpenStdin", "AttachStdin", "StdinOnce", "Tty"):
+        if flag in body and body[flag] is not None and not isinstance(body[flag], bool):
+            raise InvalidParameter(
+                f"invalid {flag} {json.dumps(body[flag])}: must be a boolean"
+            )
     config = {key: body.get(key) for key in CREATE_FIELDS_KEPT if body.get(key)}
+    if isinstance(config.get("Cmd"), str):
+        config["Cmd"] = [config["Cmd"]]
     host_config = body.get("HostConfig") or {}
     if not isinstance(host_config, dict):
         raise InvalidParameter(
@@ -273,6 +307,47 @@ def validate_create_body(body: dict) -> tuple[str, dict, dict, dict]:
         )
     restart = validate_restart_policy(host_config.get("RestartPolicy"))
     return image, labels, config, restart
+
+
+def auto_remove(body: dict) -> bool:
+    """
+    Read C{HostConfig.AutoRemove} (C{docker run --rm}).
+
+    @raise InvalidParameter: the value is not a boolean.
+    """
+    value = (body.get("HostConfig") or {}).get("AutoRemove", False)
+    if not isinstance(value, bool):
+        raise InvalidParameter(
+            f"invalid HostConfig.AutoRemove {json.dumps(value)}: must be a boolean"
+        )
+    if value and validate_restart_policy(
+        (body.get("HostConfig") or {}).get("RestartPolicy")
+    )["Name"] != "no":
+        raise InvalidParameter(
+            "conflicting options: cannot specify both a restart policy and AutoRemove"
+        )
+    return value
+
+
+def create_warnings(body: dict) -> list[str]:
+    """
+    List the create settings an SO3 container ignores, one warning each.
+    """
+    host_config = body.get("HostConfig") or {}
+    warnings = []
+    for name, unset in IGNORED_HOST_CONFIG.items():
+        value = host_config.get(name, unset)
+        if value not in (unset, None, [], {}, "", 0, False):
+            warnings.append(
+                f"HostConfig.{name} is ignored: SO3 containers take their "
+                "resources from the ME image and have no mounts, ports or devices"
+            )
+    if body.get("Tty"):
+        warnings.append(
+            "Tty is ignored: an ME console has no terminal, so the output is "
+            "multiplexed (Config.Tty is false)"
+        )
+    return warnings
 
 
 def _string_list(value: Any) -> bool:

@@ -171,11 +171,20 @@ def pull_error_stream(reference: str) -> bytes:
     return json.dumps({"errorDetail": {"message": message}, "error": message}).encode()
 
 
+#: Prefixes of Docker Hub references that name the same image as the bare
+#: name: docker CLI 28 sends C{docker.io/library/NAME} in C{docker tag}.
+_DEFAULT_REGISTRY_PREFIXES = ("docker.io/library/", "index.docker.io/library/")
+
+
 def split_reference(repo: str, tag: str | None) -> tuple[str, str | None]:
     """
-    Split C{NAME:TAG} as docker 28 sends it in C{repo}; a separate C{tag}
-    wins when both are given.
+    Split C{NAME:TAG} as docker 28 sends it in C{repo}, without the default
+    registry prefix; a separate C{tag} wins when both are given.
     """
+    for prefix in _DEFAULT_REGISTRY_PREFIXES:
+        if repo and repo.startswith(prefix):
+            repo = repo[len(prefix):]
+            break
     if repo and ":" in repo.rsplit("/", 1)[-1]:
         name, _, embedded = repo.rpartition(":")
         return name, tag or embedded

@@ -734,6 +734,22 @@ class ContainerManager:
         self._publish(container, "die", exitCode=exit_code)
         for waiter in self._exit_waiters.pop(container.id, []):
             waiter.callback(_wait_response(container))
+        if container.host_config.get("AutoRemove") and container.state != "restarting":
+            # docker run --rm: remove once the operation holding the lock ends.
+            self._reactor.callLater(0, self._auto_remove, container.id)
+
+    def _auto_remove(self, container_id: str) -> None:
+        container = self._containers.get(container_id)
+        if container is None or container.removing or container.running:
+            return
+        d = self.remove(container_id, force=True)
+        d.addErrback(
+            lambda failure: log.failure(
+                "Cannot remove container {id} after it exited (AutoRemove)",
+                failure,
+                id=container_id[:12],
+            )
+        )
 
     # Hooks for the modules that extend the lifecycle (checkpoints, update)
 

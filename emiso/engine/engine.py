@@ -80,14 +80,7 @@ class Engine:
             pid=hello.get("pid"),
         )
         if self.config.install_samples:
-            copied = yield self.images.install_samples()
-            if copied:
-                log.info(
-                    "The image folder {folder} was empty: copied the sample images "
-                    "{names}",
-                    folder=self.config.image_dir,
-                    names=", ".join(copied),
-                )
+            yield self._install_samples()
         yield self.images.refresh()
         yield self.containers.load()
         log.info(
@@ -112,6 +105,26 @@ class Engine:
     def _forget_removed(self, event: Any) -> None:
         if event.type == "container" and event.action == "destroy":
             self.stats.forget(event.actor_id)
+
+    @inlineCallbacks
+    def _install_samples(self):
+        """
+        Copy the sample images into an empty image folder, once per folder:
+        a user who removed every image does not get them back at the next
+        start.
+        """
+        key = "samples-installed:" + self.config.image_dir
+        if (yield self.store.get_meta(key)) is not None:
+            return
+        copied = yield self.images.install_samples()
+        if copied:
+            log.info(
+                "The image folder {folder} was empty: copied the sample images "
+                "{names}",
+                folder=self.config.image_dir,
+                names=", ".join(copied),
+            )
+        yield self.store.set_meta(key, "1")
 
     @inlineCallbacks
     def _engine_id(self):

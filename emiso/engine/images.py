@@ -795,7 +795,9 @@ def _read_tar_members(tar_path: str):
                     )
                 found.append((repo, tag, data, member.name))
     except (tarfile.TarError, EOFError, OSError) as error:
-        raise InvalidParameter(f"invalid or truncated tar archive: {error}")
+        # tarfile lists one line per compression it tried; keep one line.
+        reason = "; ".join(line.strip("- ") for line in str(error).splitlines())
+        raise InvalidParameter(f"invalid or truncated tar archive: {reason}")
     if not found:
         raise InvalidParameter("invalid archive: it contains no .itb file")
     return found
