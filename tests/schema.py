@@ -137,7 +137,15 @@ def load_spec() -> dict:
     """
     path = spec_path()
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with open(path, encoding="utf-8") as spec_file:
+    try:
+        spec_file = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the Docker Engine API 1.44 specification is not at {path}: put the "
+            f"shared folder beside the checkout, or set {SPEC_ENV_VAR} to the "
+            "path of moby's api/docs/v1.44.yaml"
+        ) from None
+    with spec_file:
         return yaml.load(spec_file, Loader=loader)
 
 
