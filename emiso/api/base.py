@@ -149,6 +149,55 @@ def query_int(request: Any, name: str, default: int) -> int:
         raise InvalidParameter(f"invalid value for {name}: {text!r} is not an integer")
 
 
+def parse_filters(request: Any, known_keys: set[str]) -> dict[str, list[str]]:
+    """
+    Parse Docker's C{filters} query parameter in both of its shapes:
+    C{{"label": ["a=b"]}} and C{{"label": {"a=b": true}}}.
+
+    @raise InvalidParameter: the parameter is not one of these shapes, or
+        names a key outside C{known_keys}.
+    """
+    text = query_arg(request, "filters")
+    if not text:
+        return {}
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise InvalidParameter(f"invalid filter: {text}")
+    if not isinstance(raw, dict):
+        raise InvalidParameter(f"invalid filter: {text}")
+    filters: dict[str, list[str]] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            filters[key] = [k for k, enabled in value.items() if enabled]
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            filters[key] = list(value)
+        else:
+            raise InvalidParameter(f"invalid filter: {key}={value!r}")
+    for key in filters:
+        if key not in known_keys:
+            raise InvalidParameter(f"invalid filter '{key}'")
+    return filters
+
+
+def invalid_filter(key: str, value: str) -> InvalidParameter:
+    """
+    Build dockerd's error for a filter value it rejects, such as
+    C{invalid filter 'exited=abc'}.
+    """
+    return InvalidParameter(f"invalid filter '{key}={value}'")
+
+
+def label_matches(labels: dict[str, str], wanted: str) -> bool:
+    """
+    Match a C{label} filter value, C{key} or C{key=value}, against labels.
+    """
+    if "=" in wanted:
+        key, value = wanted.split("=", 1)
+        return labels.get(key) == value
+    return wanted in labels
+
+
 def json_body(request: Any, max_size: int | None = None) -> dict:
     """
     Decode a JSON object request body; an empty body is C{{}}.

@@ -4,6 +4,7 @@ import json
 import time
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
@@ -13,9 +14,12 @@ from emiso.api.base import (
     app,
     ignore_cancel,
     image_or_none,
+    invalid_filter,
     json_body,
     json_response,
+    label_matches,
     no_content,
+    parse_filters,
     query_arg,
     query_bool,
     query_int,
@@ -78,7 +82,7 @@ class ContainerRoutes:
         engine = self._engine
         show_all = query_bool(request, "all")
         limit = query_int(request, "limit", -1)
-        filters = container_filters(request)
+        filters = container_filters(request, engine.containers)
         now = time.time()
         containers = engine.containers.list()
         if not show_all and limit <= 0:
@@ -354,38 +358,71 @@ def _string_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
-def container_filters(request: Any) -> dict[str, list[str]]:
+#: The container list's filter keys, as dockerd accepts them.
+CONTAINER_FILTER_KEYS = {
+    "ancestor", "before", "exited", "health", "id", "is-task", "isolation",
+    "label", "name", "network", "since", "status", "volume",
+}  # fmt: skip
+
+#: C{health} filter values dockerd accepts.
+HEALTH_VALUES = {"starting", "healthy", "unhealthy", "none"}
+
+
+@attrs.frozen
+class ContainerFilters:
     """
-    Parse Docker's C{filters} parameter in both of its shapes:
-    C{{"label": ["a=b"]}} and C{{"label": {"a=b": true}}}.
+    The parsed C{filters} of C{GET /containers/json}.
+
+    @ivar values: the filter values by key.
+    @ivar before: list only containers created before this container.
+    @ivar since: list only containers created after this container.
+    @ivar exited: list only stopped containers that exited with one of
+        these codes (no restriction when empty).
     """
-    text = query_arg(request, "filters")
-    if not text:
-        return {}
-    try:
-        raw = json.loads(text)
-    except ValueError:
-        raise InvalidParameter(f"invalid filter: {text}")
-    if not isinstance(raw, dict):
-        raise InvalidParameter(f"invalid filter: {text}")
-    filters: dict[str, list[str]] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            filters[key] = [k for k, enabled in value.items() if enabled]
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            filters[key] = list(value)
-        else:
-            raise InvalidParameter(f"invalid filter: {key}={value!r}")
-    known = {"id", "name", "status", "label", "ancestor", "before", "since"}
-    for key in filters:
-        if key not in known:
-            raise InvalidParameter(f"invalid filter '{key}'")
+
+    values: dict[str, list[str]]
+    before: Any = None
+    since: Any = None
+    exited: tuple[int, ...] = ()
+
+
+def container_filters(request: Any, containers: Any) -> ContainerFilters:
+    """
+    Parse and check the C{filters} parameter of the container list.
+
+    @param containers: the container manager, which resolves C{before} and
+        C{since} names.
+    @raise NoSuchContainer: C{before} or C{since} names no container.
+    """
+    filters = parse_filters(request, CONTAINER_FILTER_KEYS)
     for value in filters.get("status", []):
         validate_status_filter(value)
-    return filters
+    exited = []
+    for value in filters.get("exited", []):
+        try:
+            exited.append(int(value))
+        except ValueError:
+            raise invalid_filter("exited", value)
+    for value in filters.get("health", []):
+        if value not in HEALTH_VALUES:
+            raise invalid_filter("health", value)
+    for value in filters.get("isolation", []):
+        # Linux containers have the default isolation only.
+        if value.lower() not in ("", "default"):
+            raise invalid_filter("isolation", value)
+    for value in filters.get("is-task", []):
+        if value not in ("true", "false"):
+            raise invalid_filter("is-task", value)
+    # As in dockerd, the last value of before and since counts.
+    before = since = None
+    for value in filters.get("before", []):
+        before = containers.get(value)
+    for value in filters.get("since", []):
+        since = containers.get(value)
+    return ContainerFilters(filters, before, since, tuple(exited))
 
 
-def container_matches(container: Any, filters: dict[str, list[str]]) -> bool:
+def container_matches(container: Any, filters: ContainerFilters) -> bool:
     checks = {
         "id": lambda v: container.id.startswith(v),
         "name": lambda v: v.lstrip("/") in container.name,
@@ -394,8 +431,16 @@ def container_matches(container: Any, filters: dict[str, list[str]]) -> bool:
         "ancestor": lambda v: v in (container.image_ref, container.image_id)
         or container.image_ref == v + ":latest"
         or container.image_id.startswith("sha256:" + v),
+        # SO3 containers have no health check: "none" is true of them all.
+        "health": lambda v: v == "none",
+        # MEs are attached to no Docker network and mount no volume.
+        "network": lambda v: False,
+        "volume": lambda v: False,
+        "isolation": lambda v: True,
+        # No container is a swarm task.
+        "is-task": lambda v: v == "false",
     }
-    for key, values in filters.items():
+    for key, values in filters.values.items():
         check = checks.get(key)
         if check is None or not values:
             continue
@@ -404,11 +449,16 @@ def container_matches(container: Any, filters: dict[str, list[str]]) -> bool:
                 return False
         elif not any(check(v) for v in values):
             return False
+    if filters.before is not None and not container.created < filters.before.created:
+        return False
+    if filters.since is not None and not container.created > filters.since.created:
+        return False
+    if filters.exited:
+        stopped = not container.running and container.state != "restarting"
+        if not (
+            stopped
+            and container.started_at is not None
+            and container.exit_code in filters.exited
+        ):
+            return False
     return True
-
-
-def label_matches(labels: dict[str, str], wanted: str) -> bool:
-    if "=" in wanted:
-        key, value = wanted.split("=", 1)
-        return labels.get(key) == value
-    return wanted in labels

@@ -1,20 +1,27 @@
 """Image routes: list, inspect, history, import, load, tag and remove."""
 
 import json
+import re
+import time
 from typing import Any
 
+import attrs
 from twisted.internet.defer import inlineCallbacks
 
 from emiso.api import render
 from emiso.api.base import (
     JSON,
     app,
+    invalid_filter,
     json_response,
+    label_matches,
+    parse_filters,
     query_arg,
     query_bool,
     remove_quietly,
     spool_body,
 )
+from emiso.engine.timeutil import parse_docker_time
 from emiso.errors import InvalidParameter
 
 
@@ -36,11 +43,16 @@ class ImageRoutes:
     @app.route("/images/json", methods=["GET"])
     def list_images(self, request: Any) -> bytes:
         engine = self._engine
+        filters = image_filters(request, engine.images)
         usage: dict[str, int] = {}
         for container in engine.containers.list():
             usage[container.image_id] = usage.get(container.image_id, 0) + 1
         images = sorted(engine.images.list(), key=lambda i: i.created, reverse=True)
-        body = [render.image_summary(i, usage.get(i.id, 0)) for i in images]
+        body = []
+        for image in images:
+            shown = filters.select(image)
+            if shown is not None:
+                body.append(render.image_summary(shown, usage.get(image.id, 0)))
         return json_response(request, body)
 
     @app.route("/images/<path:name>/json", methods=["GET"])
@@ -145,6 +157,187 @@ class ImageRoutes:
                 line = f"Loaded image ID: {image.id}\n"
             lines.append(json.dumps({"stream": line}).encode() + b"\n")
         return b"".join(lines)
+
+
+#: The image list's filter keys, as dockerd accepts them.
+IMAGE_FILTER_KEYS = {"before", "dangling", "label", "reference", "since", "until"}
+
+_GO_DURATION = re.compile(r"(?:\d+(?:\.\d*)?(?:ns|us|µs|ms|s|m|h))+")
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)")
+_GO_UNITS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}  # fmt: skip
+
+
+@attrs.frozen
+class ImageFilters:
+    """
+    The parsed C{filters} of C{GET /images/json}.
+
+    @ivar dangling: C{True} for untagged images only, C{False} for tagged
+        images only, C{None} for both.
+    @ivar references: C{reference} patterns; an image shows the tags that
+        match one of them, and an image with none is left out.
+    @ivar labels: C{label} filters, all of which an image must match.
+    @ivar before: show only images created before this one.
+    @ivar since: show only images created after this one.
+    @ivar until: show only images created before this Unix time.
+    """
+
+    dangling: bool | None = None
+    references: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    before: Any = None
+    since: Any = None
+    until: float | None = None
+
+    def select(self, image: Any) -> Any:
+        """
+        Return the image as listed (its tags narrowed to the references
+        that match), or C{None} when the filters leave it out.
+        """
+        if self.dangling is not None and self.dangling != (not image.repo_tags):
+            return None
+        if not all(label_matches(image.labels, wanted) for wanted in self.labels):
+            return None
+        if self.before is not None and not image.created < self.before.created:
+            return None
+        if self.since is not None and not image.created > self.since.created:
+            return None
+        if self.until is not None and not image.created < self.until:
+            return None
+        if not self.references:
+            return image
+        tags = tuple(t for t in image.repo_tags if self._reference_matches(t))
+        if not tags:
+            return None
+        return attrs.evolve(image, repo_tags=tags)
+
+    def _reference_matches(self, reference: str) -> bool:
+        # dockerd matches the pattern against NAME:TAG, then against NAME.
+        name = reference.rsplit(":", 1)[0] if ":" in reference.rsplit("/", 1)[-1] else reference
+        return any(
+            path_match(pattern, reference) or path_match(pattern, name)
+            for pattern in self.references
+        )
+
+
+def image_filters(request: Any, images: Any) -> ImageFilters:
+    """
+    Parse and check the C{filters} parameter of the image list.
+
+    @param images: the image store, which resolves C{before} and C{since}.
+    @raise NoSuchImage: C{before} or C{since} names no image.
+    @raise InvalidParameter: a key or value dockerd rejects.
+    """
+    filters = parse_filters(request, IMAGE_FILTER_KEYS)
+    dangling = None
+    if "dangling" in filters:
+        values = set(filters["dangling"])
+        false = bool(values & {"0", "false"})
+        true = bool(values & {"1", "true"})
+        if false == true:
+            raise invalid_filter("dangling", "[" + " ".join(filters["dangling"]) + "]")
+        dangling = true
+    references = tuple(filters.get("reference", []))
+    for pattern in references:
+        try:
+            path_match(pattern, "")
+        except ValueError:
+            raise invalid_filter("reference", pattern)
+    # As in dockerd, the last value of before, since and until counts.
+    before = since = until = None
+    for value in filters.get("before", []):
+        before = images.get(value)
+    for value in filters.get("since", []):
+        since = images.get(value)
+    for value in filters.get("until", []):
+        until = parse_until(value)
+    return ImageFilters(
+        dangling, references, tuple(filters.get("label", [])), before, since, until
+    )
+
+
+def parse_until(value: str) -> float:
+    """
+    Parse an C{until} filter value: a time as the events route accepts it,
+    or a Go duration before now such as C{24h} or C{1h30m}.
+    """
+    if _GO_DURATION.fullmatch(value):
+        seconds = sum(
+            float(number) * _GO_UNITS[unit]
+            for number, unit in _GO_DURATION_PART.findall(value)
+        )
+        return time.time() - seconds
+    return parse_docker_time(value, "until")
+
+
+def path_match(pattern: str, name: str) -> bool:
+    """
+    Match C{name} against a shell pattern as Go's C{path.Match} does: C{*}
+    and C{?} do not match C{/}, C{[^...]} negates a class and C{\\}
+    escapes the next character.
+
+    @raise ValueError: the pattern is malformed.
+    """
+    return _pattern_regex(pattern).fullmatch(name) is not None
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    parts = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        i += 1
+        if char == "*":
+            parts.append("[^/]*")
+        elif char == "?":
+            parts.append("[^/]")
+        elif char == "\\":
+            if i == len(pattern):
+                raise ValueError("syntax error in pattern")
+            parts.append(re.escape(pattern[i]))
+            i += 1
+        elif char == "[":
+            klass, i = _pattern_class(pattern, i)
+            parts.append(klass)
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _pattern_class(pattern: str, i: int) -> tuple[str, int]:
+    """
+    Translate the character class that starts at C{pattern[i]}, just after
+    its C{[}; return the regex and the index after its C{]}.
+    """
+    negated = i < len(pattern) and pattern[i] == "^"
+    if negated:
+        i += 1
+    ranges = []
+    while True:
+        if i >= len(pattern):
+            raise ValueError("syntax error in pattern")
+        if pattern[i] == "]" and ranges:
+            return ("[^" if negated else "[") + "".join(ranges) + "]", i + 1
+        low, i = _class_char(pattern, i)
+        if i < len(pattern) and pattern[i] == "-":
+            high, i = _class_char(pattern, i + 1)
+            if high < low:
+                raise ValueError("syntax error in pattern")
+            ranges.append(re.escape(low) + "-" + re.escape(high))
+        else:
+            ranges.append(re.escape(low))
+
+
+def _class_char(pattern: str, i: int) -> tuple[str, int]:
+    if i >= len(pattern) or pattern[i] in "-]":
+        raise ValueError("syntax error in pattern")
+    if pattern[i] == "\\":
+        i += 1
+        if i >= len(pattern):
+            raise ValueError("syntax error in pattern")
+    return pattern[i], i + 1
 
 
 def publish_removal(events: Any, image_id: str, name: str, items: list[dict]) -> None:
