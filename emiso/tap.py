@@ -236,9 +236,11 @@ class EngineService(service.Service):
         from twisted.internet.defer import gatherResults
 
         from emiso.api.app import DockerAPI
+        from emiso.api.limits import body_limited_request
 
         api = DockerAPI(self.engine, max_body_size=self.config.max_body_size)
         site = EngineSite(api.resource(), self._requests)
+        site.requestFactory = body_limited_request(self.config.max_body_size)
         site.displayTracebacks = False
         listening = []
         for description in self.config.listen:

@@ -49,7 +49,9 @@ class ImageFilterTests(APITestCase):
         ]:
             query = f"fromSrc=-&repo={repo}&tag=v1" if repo else "fromSrc=-"
             fit = build_fit(description=f"{name} image", timestamp=timestamp)
-            response, raw = yield self.request("POST", "/images/create?" + query, data=fit)
+            response, raw = yield self.request(
+                "POST", "/images/create?" + query, data=fit
+            )
             self.assertEqual(response.code, 200, raw)
             self.ids[name] = raw["status"]
 
@@ -89,9 +91,7 @@ class ImageFilterTests(APITestCase):
     @inlineCallbacks
     def test_label(self):
         key_only = yield self.ids_for({"label": ["org.soo.fit.description"]})
-        key_value = yield self.ids_for(
-            {"label": ["org.soo.fit.description=new image"]}
-        )
+        key_value = yield self.ids_for({"label": ["org.soo.fit.description=new image"]})
 
         self.assertIn(self.ids["old"], key_only)
         self.assertEqual(key_value, [self.ids["new"]])

@@ -42,12 +42,13 @@ def version_error(requested: str) -> str | None:
 class _VersionErrorResource(Resource):
     isLeaf = True
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, status: int = 400) -> None:
         super().__init__()
         self._message = message
+        self._status = status
 
     def render(self, request: Any) -> bytes:
-        request.setResponseCode(400)
+        request.setResponseCode(self._status)
         request.setHeader(b"Content-Type", b"application/json")
         return json.dumps({"message": self._message}).encode() + b"\n"
 
@@ -69,6 +70,9 @@ class VersionedRoot(Resource):
 
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         self._set_headers(request)
+        if getattr(request, "body_too_large", None) is not None:
+            # emiso.api.limits dropped the body: no route runs.
+            return _VersionErrorResource(request.too_large_message(), 413)
         match = _VERSION_SEGMENT.match(path)
         if match is None:
             # Not a version: give the segment back so the API routes see it.
@@ -84,6 +88,8 @@ class VersionedRoot(Resource):
 
     def render(self, request: Any) -> Any:
         self._set_headers(request)
+        if getattr(request, "body_too_large", None) is not None:
+            return _VersionErrorResource(request.too_large_message(), 413).render(request)
         request.api_version = API_VERSION
         return self._api.render(request)
 
