@@ -35,7 +35,7 @@ class Echo(Resource):
 class LimitedRequestTests(SynchronousTestCase):
     def setUp(self):
         self.echo = Echo()
-        site = Site(VersionedRoot(self.echo, False))
+        site = Site(VersionedRoot(self.echo, False), timeout=None)
         factory = body_limited_request(LIMIT)
         self.requests = []
 
