@@ -5,7 +5,7 @@ Twisted reads a whole request body into memory or a temporary file before
 it renders anything, so a size check in a route comes after the damage.
 L{BodyLimitedRequest} stops storing the body once it is known to be too
 large and marks the request; L{emiso.api.versioning.VersionedRoot} then
-answers 413 before any route runs.
+responds 413 before any route runs.
 """
 
 import io
@@ -36,10 +36,10 @@ class BodyLimitedRequest(Request):
             return
         self.content = io.BytesIO()
         self.body_too_large = length
-        # Answer now rather than after the body: no 100 Continue, and the
+        # Respond now rather than after the body: no 100 Continue, and the
         # channel takes the request as complete. The body bytes that still
         # arrive are not a next request, so the connection closes after the
-        # answer.
+        # response.
         self.requestHeaders.removeHeader(b"Expect")
         self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
         channel = self.channel
