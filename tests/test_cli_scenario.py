@@ -380,17 +380,16 @@ class DockerCliScenarioTests(SynchronousTestCase):
         self.assertIn("blinky-tagged:x", self.image_tags())
 
     def test_run_rm_removes_container(self):
-        exiter = PROJECT_ROOT / "tests" / "images" / "exiter.itb"
-        self.docker("import", str(exiter), "exiter-rm")
-        self.addCleanup(self.docker, "rmi", "-f", "exiter-rm", check=False)
         self.remove_later("ephemeral")
+        attached = self.engine.docker_popen("run", "--rm", "--name", "ephemeral", "refso3-sim")
+        self.addCleanup(_end_process, attached)
+        self.assertTrue(wait_until(lambda: self.ps_line("ephemeral") != ""))
+        self.wait_for_heartbeats("ephemeral", 1)
 
-        result = self.docker("run", "--rm", "--name", "ephemeral", "exiter-rm",
-                             check=False, timeout=60)
+        self.docker("stop", "ephemeral")
 
-        self.assertEqual(result.returncode, 255, result.stderr)
-        self.assertIn("heartbeat", result.stdout)
-        self.assertEqual(self.ps_line("ephemeral", "-a"), "")
+        self.assertEqual(attached.wait(timeout=30), 0, attached.stderr.read())
+        self.assertTrue(wait_until(lambda: self.ps_line("ephemeral", "-a") == ""))
 
     def test_unknown_container_errors(self):
         commands = [
@@ -610,3 +609,9 @@ class ApiBodiesScenarioTests(SynchronousTestCase):
         for path, expected_status in cases:
             status, _headers, _data = self.engine.request("GET", path)
             self.assertEqual(status, expected_status, path)
+
+
+def _end_process(process) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.communicate()
