@@ -12,6 +12,7 @@ import time
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.engineprocess import EngineProcess, docker_cli_available, shared_engine
+from tests.test_console_scenario import RawStream, split_frames
 from tests.qemuhelpers import SKIP_REASON, kill_vms, qemu_available
 
 IMAGE = "heartbeat64-qemu"
@@ -170,3 +171,67 @@ class QemuEngineCrashTests(SynchronousTestCase):
         counters = heartbeats(text)
         self.assertEqual(counters, list(range(1, counters[-1] + 1)))
         self.assertEqual(paused.stdout.strip(), "paused")
+
+
+class QemuConsoleInputTests(SynchronousTestCase):
+    """Exec and attach type on the VM's serial console."""
+
+    def setUp(self):
+        require_tools()
+        self.engine = qemu_engine("QemuScenarioTests")
+        self.name = f"q-{self._testMethodName[5:]}".replace("_", "-")
+        self.addCleanup(self.engine.docker, "rm", "-f", self.name, check=False)
+        self.engine.docker("run", "-d", "--name", self.name, IMAGE)
+        wait_for_heartbeat(self.engine, self.name, 1)
+
+    def test_exec_count(self):
+        result = self.engine.docker("exec", self.name, "count")
+
+        self.assertIn("count: heartbeat ", result.stdout)
+
+    def test_exec_exit_code(self):
+        exec_id = self.create_exec(["help"])
+        stream = RawStream(self.engine.port, f"/v1.44/exec/{exec_id}/start", {})
+        self.addCleanup(stream.close)
+
+        payloads = [payload for _stream, payload in split_frames(stream.read_to_end())]
+        status, body = self.engine.request_json("GET", f"/exec/{exec_id}/json")
+
+        self.assertIn(b"commands: help (this text)", b"".join(payloads))
+        self.assertEqual(status, 200)
+        self.assertEqual(body["ExitCode"], 0)
+
+    def test_interactive_exec(self):
+        exec_id = self.create_exec(["sh"])
+        stream = RawStream(self.engine.port, f"/v1.44/exec/{exec_id}/start", {})
+        self.addCleanup(stream.close)
+
+        stream.send(b"bogus\n")
+        data = stream.read_until(b"unknown command: bogus")
+
+        self.assertEqual(stream.status_line, "HTTP/1.1 101 UPGRADED")
+        self.assertIn(b"bogus", data)
+
+    def test_attach_input(self):
+        stream = RawStream(
+            self.engine.port,
+            f"/containers/{self.name}/attach?stream=1&stdin=1&stdout=1&stderr=1",
+            {},
+        )
+        self.addCleanup(stream.close)
+
+        stream.send(b"reset\n")
+        data = stream.read_until(b"counter reset to 0")
+
+        self.assertEqual(stream.status_line, "HTTP/1.1 101 UPGRADED")
+        payloads = [payload for _stream, payload in split_frames(data)]
+        self.assertIn(b"reset\n", payloads)
+
+    def create_exec(self, cmd: list) -> str:
+        status, body = self.engine.request_json(
+            "POST",
+            f"/containers/{self.name}/exec",
+            {"AttachStdin": True, "AttachStdout": True, "AttachStderr": True, "Cmd": cmd},
+        )
+        self.assertEqual(status, 201, body)
+        return body["Id"]

@@ -3,7 +3,9 @@
 C{POST /containers/{id}/attach} streams the console log as C{docker logs
 -f} frames it (optionally from the start, with C{logs=1}) until the
 container's next exit, and sends each input line to the ME console, whose
-replies then appear in the log like any console output.
+replies then appear in the log like any console output. An ME with only a
+raw serial console (C{serial}, the qemu backend) gets the line's bytes
+followed by a carriage return, as typed on a serial terminal.
 """
 
 from typing import Any, Callable
@@ -13,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from emiso.engine.console import connect_console
+from emiso.engine.console import ConsoleClosed, connect_console, connect_serial
 from emiso.engine.execs import IStreamReceiver
 from emiso.engine.logs import LogFollower, LogOptions, inline_reader
 from emiso.errors import ConsoleUnavailable
@@ -50,6 +52,7 @@ class AttachSession:
     @param containers: the L{emiso.engine.containers.ContainerManager}.
     @param reader: runs blocking log file reads (see L{emiso.engine.logs}).
     @param connect: connects to a console socket (L{connect_console}).
+    @param connect_raw: connects to a serial socket (L{connect_serial}).
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class AttachSession:
         options: AttachOptions,
         reader: Callable[..., Deferred] = inline_reader,
         connect: Callable[[Any, str], Deferred] = connect_console,
+        connect_raw: Callable[[Any, str], Deferred] = connect_serial,
         poll_interval: float = 0.25,
     ) -> None:
         self.done: Deferred = Deferred()
@@ -69,6 +73,7 @@ class AttachSession:
         self._options = options
         self._reader = reader
         self._connect = connect
+        self._connect_raw = connect_raw
         self._poll_interval = poll_interval
         self._stream: Any = None
         self._follower: LogFollower | None = None
@@ -149,35 +154,50 @@ class AttachSession:
 
     def _send_line(self, line: str) -> None:
         path = getattr(self._container, "console", None)
-        if not path:
+        serial = getattr(self._container, "serial", None)
+        if not path and not serial:
             log.info(
                 "Ignored attach input for container {id}: its ME has no console",
                 id=self._container.short_id,
             )
             return
         if self._console is None:
-            self._console = self._connect(self._reactor, path)
+            if path:
+                self._console = self._connect(self._reactor, path)
+            else:
+                self._console = self._connect_raw(self._reactor, serial)
             self._console.addErrback(self._console_failed)
 
         def send(console: Any) -> Any:
-            if console is not None:
-                # The replies reach the client through the console log.
+            # The replies reach the client through the console log.
+            if console is None:
+                return console
+            if path:
                 console.run(line, lambda stream, text: None).addErrback(
                     lambda _: None
                 )
+            else:
+                try:
+                    console.send(line.encode("utf-8"))
+                except ConsoleClosed as error:
+                    self._console_lost(error)
+                    return None
             return console
 
         self._console.addCallback(send)
 
     def _console_failed(self, failure: Any) -> None:
         failure.trap(ConsoleUnavailable)
+        self._console_lost(failure.value)
+        return None
+
+    def _console_lost(self, error: Exception) -> None:
         log.warn(
             "Attach input for container {id} is lost: {error}",
             id=self._container.short_id,
-            error=failure.value,
+            error=error,
         )
         self._console = None
-        return None
 
     def _container_exited(self, _: Any) -> None:
         self._exited = None

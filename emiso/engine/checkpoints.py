@@ -498,6 +498,7 @@ class CheckpointManager:
             raise _restore_failed(container, name, error)
         container.slot = slot
         container.console = written.get("console")
+        container.serial = written.get("serial")
         container.me_state = finalized.get("state", "living")
         container.state = docker_state(container.me_state)
         container.started_at = self._clock()

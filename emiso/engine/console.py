@@ -6,6 +6,12 @@ newline-delimited JSON: the ME greets with C{{"console": ..., "prompt":
 ...}}, each request C{{"id": ID, "line": TEXT}} gets one
 C{{"id": ID, "stream": ..., "text": ...}} message per output line and a
 final C{{"id": ID, "exit": STATUS}}. L{emiso.agency.sim.me} serves it.
+
+An agency whose MEs have a plain serial console (the qemu backend) reports
+its Unix socket as C{serial} instead: raw bytes in both directions, with
+no prompt and no exit status. L{connect_serial} writes input lines to it;
+the ME's output reaches the container's console log another way, so what
+the socket sends back is read and dropped.
 """
 
 import itertools
@@ -16,6 +22,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.logger import Logger
+from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import LineOnlyReceiver
 
 from emiso.errors import ConsoleUnavailable
@@ -171,5 +178,76 @@ def connect_console(
 
     connecting.addBoth(close_descriptor)
     connecting.addCallback(greeted)
+    connecting.addErrback(failed)
+    return connecting
+
+
+class SerialProtocol(Protocol):
+    """
+    One connection to an ME's raw serial console.
+
+    @ivar closed: fires with None when the connection ends.
+    """
+
+    #: Ends each input line: what a serial terminal sends for Enter.
+    line_end = b"\r"
+
+    def __init__(self) -> None:
+        self.closed: Deferred = Deferred()
+
+    def send(self, line: bytes) -> None:
+        """
+        Type one input line on the console, followed by L{line_end}.
+
+        @raise ConsoleClosed: the connection is closed.
+        """
+        if self.transport is None or self.closed.called:
+            raise ConsoleClosed("the serial console connection is closed")
+        self.transport.write(line + self.line_end)
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        # The same output reaches the console log through the agency.
+        pass
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.closed.called:
+            self.closed.callback(None)
+
+
+def connect_serial(reactor: Any, path: str, timeout: float = CONNECT_TIMEOUT) -> Deferred:
+    """
+    Connect to the raw serial console socket at C{path}.
+
+    A QEMU chardev socket serves one client at a time: a second connection
+    waits, unread, until the first one ends.
+
+    @return: a Deferred that fires with a connected L{SerialProtocol}, or
+        fails with L{ConsoleUnavailable}.
+    """
+    # TODO: share one connection per socket between the attach and exec
+    # sessions of a container, so they can type on the console at once.
+    try:
+        address, descriptor = connectable_path(path)
+    except OSError as error:
+        return fail(ConsoleUnavailable(f"cannot open the ME console {path}: {error}"))
+    endpoint = UNIXClientEndpoint(reactor, address, timeout=timeout)
+    connecting = connectProtocol(endpoint, SerialProtocol())
+
+    def close_descriptor(result: Any) -> Any:
+        if descriptor is not None:
+            os.close(descriptor)
+        return result
+
+    def failed(failure: Any) -> None:
+        raise ConsoleUnavailable(
+            f"cannot reach the ME console {path}: {failure.getErrorMessage()}"
+        )
+
+    connecting.addBoth(close_descriptor)
     connecting.addErrback(failed)
     return connecting

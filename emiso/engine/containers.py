@@ -92,6 +92,8 @@ class Container:
     manually_stopped: bool = False
     #: Unix socket of the ME's console, when the agency gives one.
     console: str | None = None
+    #: Unix socket of the ME's raw serial console (no JSON protocol).
+    serial: str | None = None
     #: The token of an adopted ME when it is not the container id.
     agency_token: str | None = None
 
@@ -191,6 +193,8 @@ class ContainerManager:
         container.me_state = entry["state"]
         if "console" in entry:
             container.console = entry["console"]
+        if "serial" in entry:
+            container.serial = entry["serial"]
         state = docker_state(entry["state"])
         if state != container.state:
             changed = True
@@ -473,6 +477,7 @@ class ContainerManager:
         container.me_state = injected.get("state", "booting")
         container.me_size = injected.get("size", container.me_size)
         container.console = injected.get("console")
+        container.serial = injected.get("serial")
         container.started_at = self._clock()
         container.finished_at = None
         container.exit_code = 0
@@ -723,6 +728,7 @@ class ContainerManager:
         container.slot = None
         container.me_state = None
         container.console = None
+        container.serial = None
         container.state = state
         container.exit_code = exit_code
         container.error = error

@@ -15,6 +15,7 @@ from emiso.engine.checkpoints import CheckpointManager
 from emiso.engine.containers import ContainerManager
 from emiso.engine.events import EventBus
 from emiso.engine.execs import ExecManager
+from emiso.engine.logs import thread_pool_reader
 from emiso.engine.images import ImageStore
 from emiso.engine.stats import StatsSampler
 from emiso.engine.store import Store
@@ -58,7 +59,11 @@ class Engine:
         )
         self.stats = StatsSampler(agency, time.time)
         self.events.listen(self._forget_removed)
-        self.execs = ExecManager(reactor, self.containers)
+        self.execs = ExecManager(
+            reactor,
+            self.containers,
+            reader=thread_pool_reader(reactor, self.threadpool),
+        )
         self.updates = UpdateManager(self.containers, self.images, agency, reactor)
         self.engine_id = ""
         self.host = read_host_facts()

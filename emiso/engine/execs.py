@@ -6,7 +6,8 @@ command string is an interactive session: each input line goes to the ME
 console and the output comes back, until the client ends its input or
 types C{exit}. Any other command is one console command line (the words
 of C{Cmd} joined by spaces); its output is the exec's output and its exit
-status the exec's C{ExitCode}. C{sh -c LINE} runs LINE.
+status the exec's C{ExitCode}. C{sh -c LINE} runs LINE. An ME with only a
+raw serial console runs execs as L{emiso.engine.serialexec} describes.
 """
 
 import codecs
@@ -19,8 +20,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from emiso.engine.console import ConsoleClosed, connect_console
-from emiso.engine.logs import frame
+from emiso.engine.console import ConsoleClosed, connect_console, connect_serial
+from emiso.engine.logs import frame, inline_reader
 from emiso.errors import (
     Conflict,
     InvalidParameter,
@@ -122,6 +123,9 @@ class ExecManager:
     @param containers: the L{emiso.engine.containers.ContainerManager}.
     @param connect: connects to a console socket path and returns a
         Deferred firing with a L{emiso.engine.console.ConsoleProtocol}.
+    @param connect_raw: connects to a raw serial socket path and returns a
+        Deferred firing with a L{emiso.engine.console.SerialProtocol}.
+    @param reader: runs blocking console log reads for serial execs.
     """
 
     def __init__(
@@ -129,10 +133,14 @@ class ExecManager:
         reactor: Any,
         containers: Any,
         connect: Callable[[Any, str], Deferred] = connect_console,
+        connect_raw: Callable[[Any, str], Deferred] = connect_serial,
+        reader: Callable[..., Deferred] = inline_reader,
     ) -> None:
         self._reactor = reactor
         self._containers = containers
         self._connect = connect
+        self._connect_raw = connect_raw
+        self._reader = reader
         self._instances: dict[str, ExecInstance] = {}
 
     def create(self, name_or_id: str, config: dict) -> ExecInstance:
@@ -218,12 +226,23 @@ class ExecManager:
         check_can_exec(container)
         instance.started = True
         instance.running = True
+        serial = not container.console
         try:
-            console = yield self._connect(self._reactor, container.console)
+            if serial:
+                console = yield self._connect_raw(self._reactor, container.serial)
+            else:
+                console = yield self._connect(self._reactor, container.console)
         except Exception:
             instance.running = False
             instance.exit_code = EXIT_CONSOLE_LOST
             raise
+        if serial:
+            # Imported here: emiso.engine.serialexec builds on this module.
+            from emiso.engine.serialexec import SerialExecSession
+
+            return SerialExecSession(
+                self._reactor, instance, console, container.log_path, self._reader
+            )
         return ExecSession(instance, console)
 
     def _forget_old(self, container_id: str) -> None:
@@ -241,7 +260,8 @@ def check_can_exec(container: Any) -> None:
     Check that a container can run console commands now.
 
     @raise Conflict: it is paused or does not run (Docker's messages).
-    @raise NotImplementedForSO3: its ME has no console input.
+    @raise NotImplementedForSO3: its ME has neither a console nor a serial
+        console.
     """
     if container.state == "paused":
         raise Conflict(
@@ -249,7 +269,7 @@ def check_can_exec(container: Any) -> None:
         )
     if container.state != "running":
         raise Conflict(f"Container {container.id} is not running")
-    if not getattr(container, "console", None):
+    if not (getattr(container, "console", None) or getattr(container, "serial", None)):
         raise NotImplementedForSO3(
             f"exec is not available for container {container.id}: the agency "
             "gives its ME no console input"

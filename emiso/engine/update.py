@@ -195,6 +195,7 @@ class UpdateManager:
         self._publish(container, "terminate-old", previous, slot=old_slot)
         container.slot = injected["slot"]
         container.console = injected.get("console")
+        container.serial = injected.get("serial")
         container.me_state = "living"
         container.state = docker_state("living")
         container.me_size = injected.get("size", container.me_size)

@@ -14,8 +14,10 @@ generation-A ME states are those of the simulated agency:
  - C{write_snapshot} starts a new QEMU that takes the stream as incoming
    migration (state migrating); C{finalize} waits for it and sends C{cont}.
 
-The serial console is a chardev socket (for console input) whose C{logfile}
-is the raw console log; a detached pump process per VM
+The serial console is a chardev socket whose C{logfile} is the raw console
+log; C{inject}, C{write_snapshot} and C{list} report the socket as C{serial}
+(raw bytes, for console input), not as C{console} (the sim backend's JSON
+protocol). A detached pump process per VM
 (L{emiso.agency.qemu.pump}) stamps its lines into the container's console
 log. VMs and pumps are detached processes recorded in slot files, so they
 outlive the driver and the engine, and a new driver adopts them by pid and
@@ -392,7 +394,12 @@ class QemuAgency:
             name=record.name,
             pid=record.pid,
         )
-        return {"slot": slot, "state": "booting", "size": record.size}
+        return {
+            "slot": slot,
+            "state": "booting",
+            "size": record.size,
+            "serial": record.console_path,
+        }
 
     def finalize(self, slot: int) -> dict:
         """
@@ -587,7 +594,7 @@ class QemuAgency:
             slot=slot,
             pid=record.pid,
         )
-        return {"slot": slot, "state": "migrating"}
+        return {"slot": slot, "state": "migrating", "serial": record.console_path}
 
     def poll(self) -> list[dict]:
         """
@@ -1045,9 +1052,7 @@ class QemuAgency:
             "token": record.token,
             "pid": record.pid,
             "log": record.log,
-            # TODO: bridge the engine's JSON console protocol
-            # (emiso.engine.console) to this raw UART socket, so exec and
-            # attach reach the VM; until then no "console" is reported.
+            # A raw UART socket, not the JSON console of emiso.engine.console.
             "serial": record.console_path,
             "cpu_seconds": info.cpu_seconds if info is not None else None,
             "rss": read_process_rss(record.pid),
