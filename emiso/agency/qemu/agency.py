@@ -44,6 +44,11 @@ from typing import Callable
 import attrs
 from twisted.logger import Logger
 
+from emiso.agency.files import (
+    require_absolute_path,
+    require_string,
+    write_json_atomically,
+)
 from emiso.agency.protocol import OperationError
 from emiso.agency.qemu import qmp
 from emiso.agency.sim.agency import (
@@ -353,9 +358,9 @@ class QemuAgency:
             architecture or a missing QEMU binary; C{no_slot}; C{no_memory};
             C{internal} when QEMU fails to start.
         """
-        image = _require_absolute_path(image, "image")
-        log = _require_absolute_path(log, "log")
-        token = _require_string(token, "token")
+        image = require_absolute_path(image, "image")
+        log = require_absolute_path(log, "log")
+        token = require_string(token, "token")
         fit, data = self._load_image(image)
         node = fit.kernel()
         arch = self._architecture(image, node.arch)
@@ -485,7 +490,7 @@ class QemuAgency:
         Save a suspended VM to a zip file: entry C{me} is QEMU's migration
         stream, the zip comment is JSON metadata. The VM stays suspended.
         """
-        path = _require_absolute_path(path, "path")
+        path = require_absolute_path(path, "path")
         if not os.path.isdir(os.path.dirname(path)):
             raise OperationError(
                 "invalid", f"directory of snapshot path {path} does not exist"
@@ -537,12 +542,12 @@ class QemuAgency:
             or C{image} does not match it, C{no_slot}, C{no_memory},
             C{internal} when QEMU fails to start.
         """
-        path = _require_absolute_path(path, "path")
-        log = _require_absolute_path(log, "log")
-        token = _require_string(token, "token")
+        path = require_absolute_path(path, "path")
+        log = require_absolute_path(log, "log")
+        token = require_string(token, "token")
         metadata = _read_snapshot_metadata(path)
         if image is not None:
-            image = _require_absolute_path(image, "image")
+            image = require_absolute_path(image, "image")
             digest = _sha256_file(image)
             if digest != metadata["image_sha256"]:
                 raise OperationError(
@@ -711,7 +716,7 @@ class QemuAgency:
 
     def _save_slot(self, record: VmRecord) -> None:
         path = os.path.join(self._slots_dir, f"{record.slot}.json")
-        _write_json_atomically(path, record.to_json())
+        write_json_atomically(path, record.to_json())
 
     def _set_state(self, record: VmRecord, state: str) -> dict:
         record.state = state
@@ -1173,20 +1178,6 @@ def _describe_exit(exit_status: int) -> str:
     return f"QEMU exited with status {exit_status}"
 
 
-def _require_absolute_path(value, name: str) -> str:
-    if not isinstance(value, str) or not os.path.isabs(value):
-        raise OperationError(
-            "invalid", f"{name} must be an absolute path, got {value!r}"
-        )
-    return value
-
-
-def _require_string(value, name: str) -> str:
-    if not isinstance(value, str):
-        raise OperationError("invalid", f"{name} must be a string, got {value!r}")
-    return value
-
-
 def _sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     try:
@@ -1203,15 +1194,6 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _write_json_atomically(path: str, value: dict) -> None:
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(value, stream)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
 
 
 def _child_environment() -> dict[str, str]:

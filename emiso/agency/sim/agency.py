@@ -30,6 +30,11 @@ from typing import Callable
 import attrs
 from twisted.logger import Logger
 
+from emiso.agency.files import (
+    require_absolute_path,
+    require_string,
+    write_json_atomically,
+)
 from emiso.agency.protocol import OperationError
 from emiso.errors import InvalidImage
 
@@ -257,9 +262,9 @@ class SimAgency:
         @raise OperationError: C{invalid} for a bad image or path, C{no_slot},
             C{no_memory}, or C{internal} when the ME process fails to start.
         """
-        image = _require_absolute_path(image, "image")
-        log = _require_absolute_path(log, "log")
-        token = _require_string(token, "token")
+        image = require_absolute_path(image, "image")
+        log = require_absolute_path(log, "log")
+        token = require_string(token, "token")
         fit, faults, digest = self._load_image(image)
         chunks = chunk_count(fit.me.domain_size)
         with self._lock:
@@ -399,7 +404,7 @@ class SimAgency:
 
         The ME stays suspended; finalize resumes it.
         """
-        path = _require_absolute_path(path, "path")
+        path = require_absolute_path(path, "path")
         with self._lock:
             record = self._occupied_slot(slot, "read_snapshot", ("suspended",))
             status = self._read_status(record) or {}
@@ -443,11 +448,11 @@ class SimAgency:
         @raise OperationError: C{invalid} when the zip, its context or the
             image is not usable; C{no_slot}; C{no_memory}.
         """
-        path = _require_absolute_path(path, "path")
-        log = _require_absolute_path(log, "log")
-        token = _require_string(token, "token")
+        path = require_absolute_path(path, "path")
+        log = require_absolute_path(log, "log")
+        token = require_string(token, "token")
         if image is not None:
-            image = _require_absolute_path(image, "image")
+            image = require_absolute_path(image, "image")
         context = _read_snapshot_context(path, check_image=image is None)
         if image is not None:
             context["image"] = image
@@ -480,7 +485,7 @@ class SimAgency:
                 hang=faults.hang,
                 refuse_migration=faults.refuse_migration,
             )
-            _write_json_atomically(record.resume_path, context)
+            write_json_atomically(record.resume_path, context)
             self._start_me(record, faults)
         logger.info(
             "Restored snapshot {path} into slot {slot} at heartbeat {counter}",
@@ -528,7 +533,7 @@ class SimAgency:
 
     def _save_slot(self, record: SlotRecord) -> None:
         path = os.path.join(self._slots_dir, f"{record.slot}.json")
-        _write_json_atomically(path, record.to_json())
+        write_json_atomically(path, record.to_json())
 
     def _free_slot(self, record: SlotRecord) -> None:
         if self._slots.get(record.slot) is record:
@@ -990,35 +995,12 @@ def _describe_exit(exit_status: int) -> str:
     return f"the ME process exited with status {exit_status}"
 
 
-def _require_absolute_path(value, name: str) -> str:
-    if not isinstance(value, str) or not os.path.isabs(value):
-        raise OperationError(
-            "invalid", f"{name} must be an absolute path, got {value!r}"
-        )
-    return value
-
-
-def _require_string(value, name: str) -> str:
-    if not isinstance(value, str):
-        raise OperationError("invalid", f"{name} must be a string, got {value!r}")
-    return value
-
-
 def _sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_json_atomically(path: str, value: dict) -> None:
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(value, stream)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
 
 
 def _me_environment() -> dict[str, str]:

@@ -21,6 +21,8 @@ import socket
 import sys
 import time
 
+from emiso.agency.files import write_json_atomically
+
 MIB = 1024 * 1024
 
 # Seconds the ME's own clock may advance beyond a planned sleep. A process
@@ -65,14 +67,6 @@ def format_console_line(stream: str, text: str, now_ns: int | None = None) -> st
     return f"{stamp}.{nanoseconds:09d}Z {stream} {text}\n"
 
 
-def write_json_atomically(path: str, value: dict) -> None:
-    """Write C{value} as JSON to a temporary file, then rename it over C{path}."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(value, stream)
-    os.replace(temporary, path)
-
-
 class SimulatedME:
     """One simulated ME: its console, its status file and its main loop."""
 
@@ -112,7 +106,7 @@ class SimulatedME:
         }
         status.update(extra)
         self.state = state
-        write_json_atomically(self.options.status, status)
+        write_json_atomically(self.options.status, status, durable=False)
 
     def run(self) -> int:
         """Run the ME until it shuts down or crashes; return the exit status."""

@@ -20,6 +20,7 @@ from typing import Callable
 import attrs
 from twisted.logger import Logger
 
+from emiso.agency.files import write_json_atomically
 from emiso.agency.protocol import OperationError
 from emiso.agency.soo import logs
 from emiso.agency.soo.device import IDevice, UserBuffers
@@ -183,7 +184,7 @@ class SooBackend:
 
     def save_record(self, record: SlotRecord, folder: str | None = None) -> None:
         folder = folder or self._slots_dir
-        _write_json_atomically(
+        write_json_atomically(
             os.path.join(folder, f"{record.slot}.json"), attrs.asdict(record)
         )
 
@@ -483,10 +484,3 @@ def _load_records(folder: str) -> dict[int, SlotRecord]:
     return records
 
 
-def _write_json_atomically(path: str, value: dict) -> None:
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(value, stream)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
