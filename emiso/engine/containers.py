@@ -1,7 +1,7 @@
 """The daemon: SO3 containers as injected MEs, their records and their lifecycle.
 
 A container is a record in the store. Starting it injects its image into a
-free slot of the agency and finalizes the migration; the ME's state, as the
+free slot of the agency and finalizes the migration. The ME's state, as the
 agency reports it, gives the Docker state. Operations on one container are
 serialised with a per-container lock, and every change is committed to the
 store before the operation's Deferred fires.
@@ -118,8 +118,8 @@ class Container:
     @property
     def running(self) -> bool:
         """
-        Whether the container holds an ME (Docker's C{Running} is true for a
-        paused container too).
+        Whether the container has an ME in a slot (Docker's C{Running} is true
+        for a paused container too).
         """
         return self.state in ("running", "paused", "error") or (
             self.state == "created" and self.slot is not None
@@ -134,7 +134,7 @@ class ContainerManager:
     @param store: the L{emiso.engine.store.Store}.
     @param images: the L{emiso.engine.images.ImageStore}.
     @param agency: an L{emiso.agency.interfaces.IAgency} provider.
-    @param containers_dir: the folder that holds one folder per container
+    @param containers_dir: the folder that contains one folder per container
         (its console log).
     @param events: the engine's L{EventBus}.
     """
