@@ -4,7 +4,8 @@ Tests for the event filters of C{GET /events} (L{emiso.api.events}).
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from emiso.api.events import EVENT_FILTER_KEYS, event_matches, parse_filters
+from emiso.api.base import parse_filters_text as parse_filters
+from emiso.api.events import EVENT_FILTER_KEYS, event_matches
 from emiso.engine.events import Event
 from emiso.errors import InvalidParameter
 

@@ -4,7 +4,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Iterable
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
@@ -149,7 +149,7 @@ def query_int(request: Any, name: str, default: int) -> int:
         raise InvalidParameter(f"invalid value for {name}: {text!r} is not an integer")
 
 
-def parse_filters(request: Any, known_keys: set[str]) -> dict[str, list[str]]:
+def parse_filters(request: Any, known_keys: Iterable[str]) -> dict[str, list[str]]:
     """
     Parse Docker's C{filters} query parameter in both of its shapes:
     C{{"label": ["a=b"]}} and C{{"label": {"a=b": true}}}.
@@ -157,7 +157,13 @@ def parse_filters(request: Any, known_keys: set[str]) -> dict[str, list[str]]:
     @raise InvalidParameter: the parameter is not one of these shapes, or
         names a key outside C{known_keys}.
     """
-    text = query_arg(request, "filters")
+    return parse_filters_text(query_arg(request, "filters"), known_keys)
+
+
+def parse_filters_text(text: str, known_keys: Iterable[str]) -> dict[str, list[str]]:
+    """
+    Parse the JSON text of a C{filters} parameter; see L{parse_filters}.
+    """
     if not text:
         return {}
     try:

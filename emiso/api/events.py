@@ -6,10 +6,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from emiso.api.base import JSON, app, query_arg
+from emiso.api.base import JSON, app, label_matches, parse_filters_text, query_arg
 from emiso.engine.events import Event
 from emiso.engine.timeutil import parse_docker_time_ns
-from emiso.errors import InvalidParameter
 
 #: Filter keys dockerd accepts on C{/events}. The engine has only container
 #: and image events, so filters on the other object types match nothing.
@@ -43,7 +42,7 @@ class EventRoutes:
     @app.route("/events", methods=["GET"])
     def events(self, request: Any):
         engine = self._engine
-        filters = parse_filters(query_arg(request, "filters"), EVENT_FILTER_KEYS)
+        filters = parse_filters_text(query_arg(request, "filters"), EVENT_FILTER_KEYS)
         since_ns = _time_arg(request, "since")
         until_ns = _time_arg(request, "until")
         now_ns = int(engine.reactor.seconds() * 1_000_000_000)
@@ -100,34 +99,6 @@ class _EventStream:
         self._request.write(json.dumps(event.to_json()).encode() + b"\n")
 
 
-def parse_filters(text: str, known: frozenset) -> dict[str, list[str]]:
-    """
-    Parse Docker's C{filters} parameter in both of its shapes,
-    C{{"type": ["container"]}} and C{{"type": {"container": true}}}.
-
-    @raise InvalidParameter: the JSON is invalid or a key is unknown.
-    """
-    if not text:
-        return {}
-    try:
-        raw = json.loads(text)
-    except ValueError:
-        raise InvalidParameter(f"invalid filter: {text}")
-    if not isinstance(raw, dict):
-        raise InvalidParameter(f"invalid filter: {text}")
-    filters: dict[str, list[str]] = {}
-    for key, value in raw.items():
-        if key not in known:
-            raise InvalidParameter(f"invalid filter '{key}'")
-        if isinstance(value, dict):
-            filters[key] = [item for item, enabled in value.items() if enabled]
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            filters[key] = list(value)
-        else:
-            raise InvalidParameter(f"invalid filter: {key}={value!r}")
-    return filters
-
-
 def event_matches(event: Event, filters: dict[str, list[str]]) -> bool:
     """
     Apply dockerd's event filters: values of one key are alternatives,
@@ -145,7 +116,7 @@ def event_matches(event: Event, filters: dict[str, list[str]]) -> bool:
         if not values:
             continue
         if key == "label":
-            if not all(_label_matches(event.attributes, value) for value in values):
+            if not all(label_matches(event.attributes, value) for value in values):
                 return False
             continue
         check = checks.get(key)
@@ -191,9 +162,3 @@ def _image_matches(event: Event, expected: str) -> bool:
             return True
     return False
 
-
-def _label_matches(attributes: dict[str, str], expected: str) -> bool:
-    if "=" in expected:
-        key, value = expected.split("=", 1)
-        return attributes.get(key) == value
-    return expected in attributes

@@ -7,8 +7,14 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from emiso.api import render
-from emiso.api.base import app, image_or_none, json_body, json_response, query_arg
-from emiso.api.events import parse_filters
+from emiso.api.base import (
+    app,
+    image_or_none,
+    json_body,
+    json_response,
+    parse_filters,
+    query_arg,
+)
 from emiso.api.images import publish_removal
 from emiso.engine.restart import validate_restart_policy
 from emiso.engine.timeutil import parse_docker_time
@@ -94,7 +100,7 @@ class MaintenanceRoutes:
     @inlineCallbacks
     def prune_containers(self, request: Any):
         engine = self._engine
-        filters = parse_filters(query_arg(request, "filters"), PRUNE_FILTER_KEYS)
+        filters = parse_filters(request, PRUNE_FILTER_KEYS)
         deleted = []
         for container in engine.containers.list():
             if container.running or not _prune_matches(
@@ -116,7 +122,7 @@ class MaintenanceRoutes:
     @inlineCallbacks
     def prune_images(self, request: Any):
         engine = self._engine
-        filters = parse_filters(query_arg(request, "filters"), IMAGE_PRUNE_FILTER_KEYS)
+        filters = parse_filters(request, IMAGE_PRUNE_FILTER_KEYS)
         dangling_values = filters.get("dangling", ["true"])
         only_dangling = dangling_values[-1].lower() not in ("false", "0")
         used = {c.image_id for c in engine.containers.list()}

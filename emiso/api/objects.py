@@ -7,8 +7,7 @@ empty, well-formed bodies and every lookup a clean 404.
 
 from typing import Any
 
-from emiso.api.base import app, json_response, query_arg
-from emiso.api.events import parse_filters
+from emiso.api.base import app, json_response, parse_filters
 from emiso.errors import InvalidParameter, NotFound, NotImplementedForSO3
 
 VOLUME_FILTER_KEYS = frozenset({"dangling", "driver", "label", "name"})
@@ -41,7 +40,7 @@ class ObjectRoutes:
 
     @app.route("/volumes", methods=["GET"])
     def list_volumes(self, request: Any) -> bytes:
-        filters = parse_filters(query_arg(request, "filters"), VOLUME_FILTER_KEYS)
+        filters = parse_filters(request, VOLUME_FILTER_KEYS)
         _check_boolean_filter(filters, "dangling")
         return json_response(request, {"Volumes": [], "Warnings": []})
 
@@ -54,7 +53,7 @@ class ObjectRoutes:
 
     @app.route("/volumes/prune", methods=["POST"])
     def prune_volumes(self, request: Any) -> bytes:
-        parse_filters(query_arg(request, "filters"), frozenset({"label", "all"}))
+        parse_filters(request, frozenset({"label", "all"}))
         return json_response(request, {"VolumesDeleted": [], "SpaceReclaimed": 0})
 
     @app.route("/volumes/<path:name>", methods=["GET", "PUT", "DELETE"])
@@ -63,7 +62,7 @@ class ObjectRoutes:
 
     @app.route("/networks", methods=["GET"])
     def list_networks(self, request: Any) -> bytes:
-        filters = parse_filters(query_arg(request, "filters"), NETWORK_FILTER_KEYS)
+        filters = parse_filters(request, NETWORK_FILTER_KEYS)
         _check_boolean_filter(filters, "dangling")
         return json_response(request, [])
 
@@ -76,7 +75,7 @@ class ObjectRoutes:
 
     @app.route("/networks/prune", methods=["POST"])
     def prune_networks(self, request: Any) -> bytes:
-        parse_filters(query_arg(request, "filters"), frozenset({"label", "until"}))
+        parse_filters(request, frozenset({"label", "until"}))
         return json_response(request, {"NetworksDeleted": []})
 
     @app.route("/networks/<path:name>", methods=["GET", "DELETE"])
@@ -90,7 +89,7 @@ class ObjectRoutes:
 
     @app.route("/plugins", methods=["GET"])
     def list_plugins(self, request: Any) -> bytes:
-        parse_filters(query_arg(request, "filters"), PLUGIN_FILTER_KEYS)
+        parse_filters(request, PLUGIN_FILTER_KEYS)
         return json_response(request, [])
 
     @app.route("/plugins/privileges", methods=["GET"])
