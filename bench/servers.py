@@ -150,7 +150,7 @@ class Server:
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
                 pass
             await asyncio.sleep(PING_INTERVAL)
-        raise RuntimeError(f"{self.name} did not answer /_ping in {START_TIMEOUT} s")
+        raise RuntimeError(f"{self.name} did not respond to /_ping in {START_TIMEOUT} s")
 
     async def call(self, method: str, path: str, body=None, expect=(200,)) -> bytes:
         data = None

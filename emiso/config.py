@@ -10,12 +10,12 @@ import attrs
 #: The configuration file read when C{--config} is not given and it exists.
 DEFAULT_CONFIG_FILE = "/etc/emiso/emiso.toml"
 
-#: Where the engine listens without C{--listen}: plain HTTP on loopback,
-#: Docker's unencrypted port.
+#: Endpoint used without C{--listen}: plain HTTP on loopback, on Docker's
+#: unencrypted port.
 DEFAULT_LISTEN = "tcp:2375:interface=127.0.0.1"
 
-#: Where the engine listens in secure mode without C{--listen}: TLS on all
-#: interfaces, Docker's TLS port.
+#: Endpoint used in secure mode without C{--listen}: TLS on all interfaces,
+#: on Docker's TLS port.
 DEFAULT_SECURE_LISTEN = "tcp:2376"
 
 #: File names of the TLS files in C{DATA-DIR/certs}, as dockerd names them.

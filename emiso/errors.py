@@ -56,7 +56,7 @@ class Conflict(EngineError):
 
 
 class NotModified(EngineError):
-    """The object is already in the requested state (Docker answers 304)."""
+    """The object is already in the requested state (Docker returns 304)."""
 
     status = 304
 

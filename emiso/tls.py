@@ -55,7 +55,7 @@ def _certificates(path: str, option: str) -> list[x509.Certificate]:
         certificates = x509.load_pem_x509_certificates(data)
     except ValueError:
         raise TLSConfigError(
-            f"the {DESCRIPTIONS[option]} {path} holds no valid PEM certificate"
+            f"the {DESCRIPTIONS[option]} {path} contains no valid PEM certificate"
         )
     return certificates
 
@@ -71,7 +71,7 @@ def _private_key(path: str) -> Any:
         )
     except (ValueError, UnsupportedAlgorithm):
         raise TLSConfigError(
-            f"the {DESCRIPTIONS['tlskey']} {path} holds no valid PEM private key"
+            f"the {DESCRIPTIONS['tlskey']} {path} contains no valid PEM private key"
         )
 
 

@@ -135,8 +135,8 @@ class Store:
 
     def _open(self) -> None:
         connection = sqlite3.connect(self.path, isolation_level=None)
-        # WAL with synchronous=FULL: a committed change survives a power
-        # loss, and readers never wait for the writer.
+        # With WAL and synchronous=FULL, SQLite syncs the log to the disk
+        # before a commit returns, so a committed change survives a power loss.
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute("PRAGMA foreign_keys=ON")

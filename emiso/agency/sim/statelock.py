@@ -57,7 +57,7 @@ def hold_state_lock(state_dir: str, kill_stale: bool) -> int:
                 )
             if not _wait_for_lock(fd, AFTER_KILL_WAIT):
                 raise StateLocked(
-                    f"agency driver {holder} still holds {path} after SIGKILL"
+                    f"agency driver {holder} still has the lock on {path} after SIGKILL"
                 )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
@@ -96,7 +96,7 @@ def _kill_driver(pid: int) -> bool:
     if _DRIVER_MODULE not in cmdline:
         return False
     log.warn(
-        "Agency driver {pid} still holds the state folder; killing it", pid=pid
+        "Agency driver {pid} still has the lock on the state folder; killing it", pid=pid
     )
     try:
         os.kill(pid, signal.SIGKILL)
